@@ -1,0 +1,170 @@
+"""The neuLVM likelihood in plain numpy, float64: the reference every faster version is checked against.
+
+It is written to be read next to shared/docs/model.md section 3: one loop over the bins of the
+window, and in each bin the steps 3.1-3.7 in order. Symbols as in src/network.py and src/window.py;
+in addition, for population a in bin t:
+    Isyn   synaptic drive of each presynaptic population (Hz)
+    h      total input, sum_b W[b, a] Isyn_b + eps * I_ext_a (potential units / s)
+    V      potential of each age cohort, shape (B, M, K); index k = cohort that fired k+1 bins ago
+    logS   log survival of each cohort up to the start of the bin
+    lam    escape rate (1/s), P = 1 - exp(-lam*dt) the probability to fire in the bin
+    Zbar   expected fraction firing in the bin, with the finite-size correction Lambda
+The same per-bin step drives the free simulation (model.md section 5).
+"""
+import numpy as np
+
+from .window import Window
+
+HAZARD_FLOOR = 1e-8     # escape rate of a refractory cohort (1/s)
+LOG_HAZARD_MAX = 80.0   # cap on V - ft: keeps exp() finite in float32; exp(80)*dt already gives P = 1
+VAR_FLOOR = 0.1         # additive variance of the transition density, in units of dt / N
+S0_SUBSTEPS = 16        # quadrature points per bin for the initial survival integral
+LOG_2PI = np.log(2 * np.pi)
+
+
+def escape(V, ft, refractory, dt):
+    """Escape rate lam (1/s) and firing probability P = 1 - exp(-lam*dt), computed without cancellation."""
+    lam = np.where(refractory, HAZARD_FLOOR, np.exp(np.minimum(V - ft, LOG_HAZARD_MAX)))
+    return lam, -np.expm1(-lam * dt)
+
+
+def stationary_start(net, A0, dt, n_ages):
+    """Potential and log survival of a cohort of age s = k*dt, k = 0..n_ages-1, at the constant rates A0.
+
+    The drive is h0 = rp + (W^T A0)/amem, so V(s) = h0 * (1 - exp(-amem*s)) once s >= ref_t (0 before),
+    and log S0(s) = -integral_0^s lam(V(r)) dr, by the trapezoid rule with S0_SUBSTEPS points per bin.
+    A0: (B, M) Hz. Returns V0, logS0 of shape (B, M, n_ages).
+    """
+    amem, ft = net.amem[:, None], net.ft[:, None]                         # (M, 1)
+    h0 = net.rp + (A0 @ net.W) / net.amem                                  # (B, M)
+    r = np.arange(n_ages * S0_SUBSTEPS) * (dt / S0_SUBSTEPS)              # quadrature grid (s)
+    refractory_r = r < net.ref_t - 1e-12
+    V_r = np.where(refractory_r, 0.0, h0[..., None] * -np.expm1(-amem * r))   # (B, M, n_ages*S0_SUBSTEPS)
+    lam_r = np.where(refractory_r, HAZARD_FLOOR, np.exp(np.minimum(V_r - ft, LOG_HAZARD_MAX)))
+    steps = 0.5 * (lam_r[..., 1:] + lam_r[..., :-1]) * (dt / S0_SUBSTEPS)
+    integral = np.concatenate([np.zeros(lam_r.shape[:-1] + (1,)), np.cumsum(steps, axis=-1)], axis=-1)
+    return V_r[..., ::S0_SUBSTEPS], -integral[..., ::S0_SUBSTEPS]
+
+
+class BinStep:
+    """One bin of model.md section 3 for the population cohorts and the observed neurons.
+
+    Holds the state (Isyn, V, logS of the cohorts, V of the observed neurons) between bins.
+    """
+
+    def __init__(self, net, dt, K, A0, Nobs=0, obs_age0=None):
+        self.net, self.dt, self.K = net, dt, K
+        self.R = int(np.ceil(net.ref_t / dt - 1e-9))
+        self.e_syn = np.exp(-dt * net.asyn)                                   # (M,)
+        self.cohort_refractory = np.arange(K) < self.R                         # (K,)
+        self.Isyn = np.array(A0, dtype=float)                                  # (B, M)
+        B, M = self.Isyn.shape
+        oldest = K if obs_age0 is None else max(K, int(obs_age0.max()) + 1)
+        V0, logS0 = stationary_start(net, self.Isyn, dt, oldest)
+        self.V, self.logS = V0[..., :K].copy(), logS0[..., :K].copy()           # (B, M, K)
+        if obs_age0 is None:
+            obs_age0 = np.zeros((B, M, Nobs), dtype=int)
+        self.obs_age = np.array(obs_age0)                                       # (B, M, Nobs)
+        self.V_obs = np.take_along_axis(V0, self.obs_age.reshape(B, M, -1), axis=-1)   # (B, M, Nobs)
+
+    def drive(self, Z_prev, I_ext, first):
+        """3.1: synaptic input from the previous bin's activity, and the total input h (B, M)."""
+        if not first:
+            self.Isyn = self.e_syn * self.Isyn + (1 - self.e_syn) * Z_prev / self.dt
+        return self.Isyn @ self.net.W + self.net.eps * I_ext
+
+    def cohorts(self, h, Z_past):
+        """3.2-3.6 for the cohorts: returns Zbar (B, M) and the cohort lam (B, M, K).
+
+        Z_past[..., k] = Z(t-1-k), the mass that fired k+1 bins ago, shape (B, M, K).
+        """
+        net, dt = self.net, self.dt
+        amem, rp, ft = net.amem[:, None], net.rp[:, None], net.ft[:, None]
+        self.V = self.V + dt * (amem * (rp - self.V) + h[..., None])              # 3.2, forward Euler
+        self.V[..., self.cohort_refractory] = 0.0
+        lam, P = escape(self.V, ft, self.cohort_refractory, dt)                  # 3.3
+        m = np.exp(self.logS) * Z_past                                            # 3.4-3.5
+        v = -np.expm1(self.logS) * m
+        sum_v = v.sum(-1)
+        Lambda = np.divide((P * v).sum(-1), sum_v, out=np.zeros_like(sum_v), where=sum_v > 0)
+        Zbar = (P * m).sum(-1) + Lambda * (1 - m.sum(-1))                        # 3.6
+        return np.clip(Zbar, 0.0, 1.0), lam
+
+    def observed(self, h):
+        """The observed neurons' escape rate and firing probability in this bin, (B, M, Nobs) each."""
+        net, dt = self.net, self.dt
+        self.V_obs = self.V_obs + dt * (net.amem[:, None] * (net.rp[:, None] - self.V_obs) + h[..., None])
+        refractory = self.obs_age < self.R
+        self.V_obs[refractory] = 0.0
+        return escape(self.V_obs, net.ft[:, None], refractory, dt)
+
+    def advance(self, lam, y_obs):
+        """End of the bin: cohorts age by one bin (a new one enters at V = 0, S = 1, the oldest drops
+        out) and observed neurons that fired (y_obs = 1) are reset."""
+        self.logS = np.concatenate([np.zeros_like(self.logS[..., :1]), (self.logS - lam * self.dt)[..., :-1]], -1)
+        self.V = np.concatenate([np.zeros_like(self.V[..., :1]), self.V[..., :-1]], -1)
+        fired = y_obs > 0
+        self.obs_age = np.where(fired, 0, self.obs_age + 1)
+        self.V_obs = np.where(fired, 0.0, self.V_obs)
+
+
+def gaussian_nll(Z, Zbar, N, dt):
+    """3.7: -log Normal(Z; Zbar, Zbar/N + VAR_FLOOR*dt/N), elementwise."""
+    var = Zbar / N + VAR_FLOOR * dt / N
+    return 0.5 * (LOG_2PI + np.log(var) + (Z - Zbar) ** 2 / var)
+
+
+def losses(net, window: Window, Z):
+    """(loss_y, loss_Z) of model.md section 3 for the network net (its theta is used) and latent Z.
+
+    Z: (B, M, T) fractions. Both losses are sums divided by the number of population-bins B*M*T.
+    """
+    w = window
+    Z = np.asarray(Z, dtype=float)
+    if Z.shape != (w.B, w.M, w.T):
+        raise ValueError(f"Z must have shape {(w.B, w.M, w.T)}, got {Z.shape}")
+    A0 = w.A0
+    Z_full = np.concatenate([np.broadcast_to((A0 * w.dt)[..., None], (w.B, w.M, w.K)), Z], -1)  # (B, M, K+T)
+    y = w.y[..., w.K:]                                                              # (B, M, Nobs, T)
+    step = BinStep(net, w.dt, w.K, A0, w.Nobs, w.obs_age[..., 0])
+    nll_Z = np.zeros((w.B, w.M, w.T))
+    logp_y = np.zeros((w.B, w.M, w.Nobs, w.T))
+    for t in range(w.T):
+        h = step.drive(Z_full[..., w.K + t - 1], w.I_ext[..., t], first=(t == 0))
+        Z_past = Z_full[..., t:w.K + t][..., ::-1]                                 # Z(t-1-k), k = 0..K-1
+        Zbar, lam = step.cohorts(h, Z_past)
+        nll_Z[..., t] = gaussian_nll(Z[..., t], Zbar, net.N, w.dt)
+        lam_obs, P_obs = step.observed(h)
+        logp_y[..., t] = np.where(y[..., t] > 0, np.log(P_obs), -lam_obs * w.dt)
+        step.advance(lam, y[..., t])
+    n = w.B * w.M * w.T
+    return -logp_y.sum() / n, nll_Z.sum() / n
+
+
+def objective(theta, net, window, Z):
+    """loss_y + loss_Z as a function of the flat parameter vector theta = (amem, J, rp, ft), for scipy."""
+    loss_y, loss_Z = losses(net.with_theta(theta), window, Z)
+    return loss_y + loss_Z
+
+
+def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
+    """Free simulation (model.md section 5): Z(t) ~ Normal(Zbar, Zbar/N), negative values set to 0,
+    and Nobs observed neurons per population that fire with probability P.
+
+    A0: (B, M) initial rates (Hz), also the activity of the K history bins. rng: np.random.Generator.
+    Returns Z (B, M, T) and spikes (B, M, Nobs, T).
+    """
+    A0 = np.asarray(A0, dtype=float)
+    B, M = A0.shape
+    I_ext = np.zeros((B, M, T)) if I_ext is None else np.asarray(I_ext, dtype=float)
+    Z_full = np.concatenate([np.broadcast_to((A0 * dt)[..., None], (B, M, K)), np.zeros((B, M, T))], -1)
+    spikes = np.zeros((B, M, Nobs, T))
+    step = BinStep(net, dt, K, A0, Nobs, np.full((B, M, Nobs), K))
+    for t in range(T):
+        h = step.drive(Z_full[..., K + t - 1], I_ext[..., t], first=(t == 0))
+        Zbar, lam = step.cohorts(h, Z_full[..., t:K + t][..., ::-1])
+        Z_full[..., K + t] = np.maximum(Zbar + np.sqrt(Zbar / net.N) * rng.standard_normal((B, M)), 0.0)
+        _, P_obs = step.observed(h)
+        spikes[..., t] = rng.random(P_obs.shape) < P_obs
+        step.advance(lam, spikes[..., t])
+    return Z_full[..., K:], spikes

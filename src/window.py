@@ -1,0 +1,101 @@
+"""The data a neuLVM likelihood sees: one window of binned observations, cut into B batches.
+
+Notation (shared/docs/model.md sections 2-3; see also src/network.py):
+    dt     mesoscopic time bin (s), 4 ms by default
+    K      number of age bins, a_cutoff / dt (250): cohort k fired k+1 bins ago
+    T      bins per batch in the window
+    B      batches (consecutive windows, each with its own history)
+    Nobs   observed neurons per population
+    y      observed spike trains, 1 if the neuron fired in the bin, shape (B, M, Nobs, K+T):
+           the K bins of history, then the T bins of the window
+    Z      latent population activity, fraction of a population firing in a bin, shape (B, M, T)
+    A0     initial rate (Hz) of each population, from the observed neurons' history, shape (B, M)
+    I_ext  external input per bin, shape (B, M, T)
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .network import Network
+
+Z_MIN, Z_MAX = 1e-5, 1.0  # the latent is kept in this box by the E-step and the initialisation
+
+
+@dataclass(frozen=True)
+class Window:
+    """Observed data of B batches of T bins, with the fixed parts of the model."""
+    net: Network          # fixed parameters (N, asyn, conmat, ref_t, eps); its theta is not used
+    dt: float             # s
+    K: int                # age bins
+    y: np.ndarray         # (B, M, Nobs, K+T) 0/1
+    I_ext: np.ndarray     # (B, M, T)
+    Z_true: np.ndarray = None   # (B, M, T) ground truth, when known (for plots and reports only)
+
+    def __post_init__(self):
+        y = np.asarray(self.y, dtype=float)
+        object.__setattr__(self, "y", y)
+        object.__setattr__(self, "I_ext", np.asarray(self.I_ext, dtype=float))
+        if self.dt <= 0:
+            raise ValueError(f"dt must be > 0, got {self.dt!r}")
+        if self.K < 1:
+            raise ValueError(f"K (age bins) must be >= 1, got {self.K!r}")
+        if y.ndim != 4 or y.shape[1] != self.net.M or y.shape[3] <= self.K:
+            raise ValueError(f"y must have shape (B, {self.net.M}, Nobs, K+T) with K={self.K} and T>0, "
+                             f"got {y.shape}")
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError("y (observed spikes) must contain only 0 and 1")
+        if self.I_ext.shape != (self.B, self.M, self.T):
+            raise ValueError(f"I_ext must have shape {(self.B, self.M, self.T)}, got {self.I_ext.shape}")
+        if not np.all(np.isfinite(self.I_ext)):
+            raise ValueError("I_ext must be finite")
+        if self.Z_true is not None:
+            object.__setattr__(self, "Z_true", np.asarray(self.Z_true, dtype=float))
+            if self.Z_true.shape != (self.B, self.M, self.T):
+                raise ValueError(f"Z_true must have shape {(self.B, self.M, self.T)}, got {self.Z_true.shape}")
+
+    @property
+    def B(self):
+        return self.y.shape[0]
+
+    @property
+    def M(self):
+        return self.y.shape[1]
+
+    @property
+    def Nobs(self):
+        return self.y.shape[2]
+
+    @property
+    def T(self):
+        return self.y.shape[3] - self.K
+
+    @property
+    def R(self):
+        """Refractory age bins: cohorts k with k*dt < ref_t are held at V = 0."""
+        return refractory_bins(self.net.ref_t, self.dt)
+
+    @property
+    def A0(self):
+        """Initial rate (Hz): mean rate of the observed neurons over the history, shape (B, M)."""
+        return self.y[:, :, :, :self.K].mean(axis=(2, 3)) / self.dt
+
+    @property
+    def obs_age(self):
+        """Age index k of every observed neuron in every window bin, shape (B, M, Nobs, T), int.
+
+        k = t - 1 - (bin of the last spike before bin t). A neuron with no spike in the history
+        counts as having fired K+1 bins before the window (its age is at least the history length).
+        """
+        B, M, Nobs, L = self.y.shape
+        times = np.arange(L)
+        last = np.where(self.y > 0, times, -1)                      # (B, M, Nobs, K+T)
+        last = np.maximum.accumulate(last, axis=-1)
+        last = np.where(last < 0, -1, last)                          # -1: no spike yet, i.e. bin -K-1
+        last_before = np.concatenate([np.full((B, M, Nobs, 1), -1), last[..., :-1]], axis=-1)
+        t = times[self.K:]                                           # window bins in history coordinates
+        return (t - 1 - last_before[..., self.K:]).astype(np.int64)  # (B, M, Nobs, T)
+
+
+def refractory_bins(ref_t, dt):
+    """Number of age bins k with k*dt < ref_t (1 for ref_t = dt = 4 ms)."""
+    return int(np.ceil(ref_t / dt - 1e-9))
