@@ -115,13 +115,14 @@ class MesoModel:
 
         # the stationary start: V0(s) and logS0(s), s = 0..K bins (as fast_np.stationary_start)
         h0 = rp + tf.einsum("bm,ma->ba", self._A0, W) / amem                  # (B, M)
-        r = tf.range(K * S0_SUBSTEPS + 1, dtype=self.dtype) * (dt / S0_SUBSTEPS)
-        refractory_r = r < w.net.ref_t - 1e-12
-        V_r = tf.where(refractory_r, tf.zeros((), self.dtype), h0[..., None] * -tf.math.expm1(-amem_ * r))
-        lam_r, _ = _escape(V_r, ft_, refractory_r, dt)
-        integral = tf.cumsum(0.5 * (lam_r[..., 1:] + lam_r[..., :-1]) * (dt / S0_SUBSTEPS), axis=-1)
-        integral = tf.pad(integral, [[0, 0], [0, 0], [1, 0]])
-        V0, logS0 = V_r[..., ::S0_SUBSTEPS], -integral[..., ::S0_SUBSTEPS]   # (B, M, K+1)
+        def potential(s):
+            return tf.where(s < w.net.ref_t - 1e-12, tf.zeros((), self.dtype), h0[..., None] * -tf.math.expm1(-amem_ * s))
+        delta = dt / S0_SUBSTEPS
+        r_mid = (tf.range(K * S0_SUBSTEPS, dtype=self.dtype) + 0.5) * delta
+        lam_mid, _ = _escape(potential(r_mid), ft_, r_mid < w.net.ref_t, dt)
+        integral = tf.pad(tf.cumsum(lam_mid * delta, axis=-1), [[0, 0], [0, 0], [1, 0]])
+        V0 = potential(tf.range(K + 1, dtype=self.dtype) * dt)              # (B, M, K+1)
+        logS0 = -integral[..., ::S0_SUBSTEPS]
 
         # 3.2 potentials of all cohorts in all bins
         q = 1 - dt * amem_                                                   # (M, 1)

@@ -1,0 +1,68 @@
+"""From a microscopic recording to the model's input (shared/docs/model.md section 2), and the
+data-driven initialisation of the latent (section 4.1).
+"""
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from .window import Window, Z_MAX, Z_MIN
+
+
+def bin_recording(rec, dt):
+    """Bin a recording (src.dataset.Recording) at dt.
+
+    Returns Z (M, n_bins): fraction of each population firing in a bin, y (M, R, n_bins): 1 if a
+    recorded neuron fired in the bin, and I_ext (M, n_bins): the input averaged over the bin.
+    """
+    ratio = dt / rec.h
+    steps = int(round(ratio))
+    if steps < 1 or abs(ratio - steps) > 1e-6:
+        raise ValueError(f"dt must be a whole multiple of the recording step {rec.h} s, got dt={dt!r}")
+    n_bins = rec.pop_spike_counts.shape[1] // steps
+    cut = n_bins * steps
+    counts = rec.pop_spike_counts[:, :cut].reshape(rec.network.M, n_bins, steps).sum(-1)
+    Z = counts / rec.network.N[:, None]
+    M, R = rec.spikes.shape[:2]
+    y = rec.spikes[..., :cut].reshape(M, R, n_bins, steps).max(-1).astype(float)
+    I_ext = rec.I_ext[:, :cut].reshape(M, n_bins, steps).mean(-1)
+    return Z, y, I_ext
+
+
+def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint=11.0, a_cutoff=1.0,
+                Nsampled=3, with_input=True):
+    """The fitting window: trial_length seconds ending at end_timepoint, cut into B = trial_length /
+    t_perbatch batches, each preceded by a_cutoff seconds of history; the first Nsampled recorded
+    neurons of each population are observed."""
+    Z, y, I_ext = bin_recording(rec, dt)
+    K = int(round(a_cutoff / dt))
+    T = int(round(t_perbatch / dt))
+    B = int(round(trial_length / t_perbatch))
+    if abs(B * t_perbatch - trial_length) > 1e-9 or B < 1:
+        raise ValueError(f"trial_length ({trial_length} s) must be a whole multiple of t_perbatch "
+                         f"({t_perbatch} s)")
+    end = int(round(end_timepoint / dt))
+    start = end - B * T
+    if start - K < 0 or end > Z.shape[1]:
+        raise ValueError(f"the window {end_timepoint - trial_length - a_cutoff:g}..{end_timepoint:g} s "
+                         f"(history included) does not fit in the recording of {Z.shape[1] * dt:g} s")
+    if Nsampled < 1 or Nsampled > y.shape[1]:
+        raise ValueError(f"Nsampled must be between 1 and the {y.shape[1]} recorded neurons, got {Nsampled}")
+    batches = [slice(start + b * T - K, start + (b + 1) * T) for b in range(B)]
+    y_obs = np.stack([y[:, :Nsampled, s] for s in batches])                        # (B, M, Nobs, K+T)
+    I_win = np.stack([I_ext[:, s][:, K:] for s in batches])                        # (B, M, T)
+    if not with_input:
+        I_win = np.zeros_like(I_win)
+    Z_true = np.stack([Z[:, s][:, K:] for s in batches])                           # (B, M, T)
+    return Window(net=rec.network, dt=dt, K=K, y=y_obs, I_ext=I_win, Z_true=Z_true)
+
+
+def init_Z(window, smooth_sd):
+    """Data-driven initial latent: the mean of each population's observed spike trains, smoothed by
+    a Gaussian of standard deviation smooth_sd seconds (history included, so the window's start is
+    not an edge), clipped to [Z_MIN, Z_MAX]. Shape (B, M, T)."""
+    mean_spikes = smooth(window.y.mean(axis=2), smooth_sd, window.dt)              # (B, M, K+T)
+    return np.clip(mean_spikes[..., window.K:], Z_MIN, Z_MAX)
+
+
+def smooth(x, sd, dt, axis=-1):
+    """Gaussian smoothing with standard deviation sd seconds of a signal sampled every dt seconds."""
+    return gaussian_filter1d(np.asarray(x, float), sd / dt, axis=axis, mode="nearest") if sd > 0 else x

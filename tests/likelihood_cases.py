@@ -1,0 +1,18 @@
+"""Random windows for the likelihood tests: theta in [0.4, 2] x truth, Z in [1e-5, 0.05]."""
+import numpy as np
+
+from src.network import winner_take_all
+from src.window import Window
+
+
+def random_case(seed, B=1, Nobs=3, T=50, K=60, with_input=False, silent_neuron=False, dt=0.004):
+    rng = np.random.default_rng(seed)
+    net = winner_take_all()
+    y = (rng.random((B, net.M, Nobs, K + T)) < 0.05).astype(float)
+    if silent_neuron:
+        y[0, 0, 0, :K] = 0.0           # no spike in the history: its age starts at the history length
+    I_ext = rng.normal(0, 5, (B, net.M, T)) if with_input else np.zeros((B, net.M, T))
+    window = Window(net=net, dt=dt, K=K, y=y, I_ext=I_ext)
+    theta = net.theta * rng.uniform(0.4, 2.0, 4 * net.M)
+    Z = rng.uniform(1e-5, 0.05, (B, net.M, T))
+    return net, window, theta, Z
