@@ -1,0 +1,177 @@
+"""Dataset files: one recording of the microscopic network (model.md section 1) in a `.npz` archive.
+
+The archive is written with np.savez_compressed and read with allow_pickle=False, so loading
+never executes code. Keys (format "neuLVM-recording-1"; the likelihood code depends on them):
+
+    format            "neuLVM-recording-1"
+    version           version of the package that wrote the file (src.__version__)
+    seed              seed of every random draw of the simulation
+    h                 simulation step, s (0.2 ms)
+    pop_spike_counts  (M, n_steps) int32, spikes of each population in each step
+    spikes            (M, R, n_steps) uint8 0/1, the recorded neurons of each population; the first
+                      ones are those the fit observes (model.md section 2)
+    I_ext             (M, n_steps) float64, external input (V units per s; zeros for none)
+    input_kind        "none", "given", "pulses" or "ou"
+    N, amem, rp, ft, J, asyn, init_rates  (M,) network parameters (src/network.py)
+    conmat            (M, M)
+    ref_t, eps        scalars
+    delay_steps       synaptic delay in steps (1 = the model's one-step convention)
+"""
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.network import Network
+
+FORMAT = "neuLVM-recording-1"
+MIN_RECORDED = 30  # recorded neurons per population (fewer only if the population is smaller)
+PARAMS = ("N", "amem", "rp", "ft", "J", "asyn", "init_rates")  # (M,) network parameters
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    network: Network
+    h: float  # s
+    pop_spike_counts: np.ndarray  # (M, n_steps) int32
+    spikes: np.ndarray  # (M, R, n_steps) uint8
+    I_ext: np.ndarray  # (M, n_steps) float64
+    seed: int
+    version: str
+    input_kind: str
+    delay_steps: int
+
+    @property
+    def activity(self):
+        """Population activity A, (M, n_steps), Hz (spikes per neuron per second)."""
+        return self.pop_spike_counts / (self.network.N[:, None] * self.h)
+
+    @property
+    def duration(self):
+        """Recorded time in s."""
+        return self.pop_spike_counts.shape[1] * self.h
+
+
+def save_recording(path, recording):
+    """Write `recording` to `path` atomically: a temporary file in the same folder, then os.replace."""
+    net = recording.network
+    arrays = dict(
+        format=np.str_(FORMAT), version=np.str_(recording.version), seed=np.int64(recording.seed),
+        h=np.float64(recording.h), pop_spike_counts=np.asarray(recording.pop_spike_counts, dtype=np.int32),
+        spikes=np.asarray(recording.spikes, dtype=np.uint8), I_ext=np.asarray(recording.I_ext, dtype=np.float64),
+        input_kind=np.str_(recording.input_kind), conmat=net.conmat, ref_t=np.float64(net.ref_t),
+        eps=np.float64(net.eps), delay_steps=np.int64(recording.delay_steps),
+        **{name: getattr(net, name) for name in PARAMS})
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_recording(path):
+    """Read and validate a dataset file; raise DatasetError naming the file and the problem."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise DatasetError(f"{path}: not a readable .npz archive ({error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path}: expected an .npz archive, found a single .npy array")
+    with archive:
+        fields = _Fields(path, archive)
+        if fields.text("format") != FORMAT:
+            raise DatasetError(f"{path}: field 'format' must be {FORMAT!r}, got {fields.text('format')!r}")
+        N = fields.array("N", np.integer, ndim=1)
+        M = len(N)
+        if M < 1 or np.any(N < 1):
+            raise DatasetError(f"{path}: field 'N' must hold M >= 1 population sizes >= 1, got {N}")
+        params = {name: fields.array(name, np.floating, shape=(M,)) for name in PARAMS if name != "N"}
+        conmat = fields.array("conmat", np.floating, shape=(M, M))
+        ref_t, eps, h = (fields.scalar(name, np.floating) for name in ("ref_t", "eps", "h"))
+        if not h > 0:
+            raise DatasetError(f"{path}: field 'h' must be > 0 s, got {h!r}")
+        delay_steps = int(fields.scalar("delay_steps", np.integer))
+        if delay_steps < 1:
+            raise DatasetError(f"{path}: field 'delay_steps' must be >= 1, got {delay_steps!r}")
+        seed = int(fields.scalar("seed", np.integer))
+        counts = fields.array("pop_spike_counts", np.integer, ndim=2)
+        n_steps = counts.shape[1]
+        if counts.shape[0] != M or n_steps < 1:
+            raise DatasetError(f"{path}: field 'pop_spike_counts' must have shape ({M}, n_steps >= 1), got {counts.shape}")
+        if counts.min() < 0 or np.any(counts > N[:, None]):
+            raise DatasetError(f"{path}: field 'pop_spike_counts' must lie in [0, N] (spikes per step), "
+                               f"got range [{counts.min()}, {counts.max()}]")
+        spikes = fields.array("spikes", np.uint8, ndim=3)
+        if spikes.shape[0] != M or spikes.shape[2] != n_steps:
+            raise DatasetError(f"{path}: field 'spikes' must have shape ({M}, R, {n_steps}), got {spikes.shape}")
+        n_min = min(MIN_RECORDED, N.min())
+        if not n_min <= spikes.shape[1] <= N.min():
+            raise DatasetError(f"{path}: field 'spikes' must record between {n_min} and {N.min()} neurons "
+                               f"per population, got {spikes.shape[1]}")
+        if spikes.max(initial=0) > 1:
+            raise DatasetError(f"{path}: field 'spikes' must hold only 0 and 1, got values up to {spikes.max()}")
+        if np.any(spikes.sum(axis=1) > counts):
+            raise DatasetError(f"{path}: field 'spikes' has more recorded spikes in a step than 'pop_spike_counts'")
+        I_ext = fields.array("I_ext", np.floating, shape=(M, n_steps))
+        version, input_kind = fields.text("version"), fields.text("input_kind")
+    try:
+        network = Network(N=N, conmat=conmat, ref_t=float(ref_t), eps=float(eps), **params)
+    except ValueError as error:
+        raise DatasetError(f"{path}: invalid network parameters ({error})") from None
+    return Recording(network=network, h=float(h), pop_spike_counts=counts.astype(np.int32), spikes=spikes,
+                     I_ext=I_ext.astype(np.float64), seed=seed, version=version, input_kind=input_kind,
+                     delay_steps=delay_steps)
+
+
+class _Fields:
+    """Reads one field of an open archive, raising DatasetError with the file and field name."""
+
+    def __init__(self, path, archive):
+        self.path, self.archive = path, archive
+
+    def get(self, name):
+        if name not in self.archive.files:
+            raise DatasetError(f"{self.path}: missing field {name!r}")
+        try:
+            return self.archive[name]
+        except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise DatasetError(f"{self.path}: field {name!r} is unreadable, the file is truncated or "
+                               f"corrupted ({error})") from None
+
+    def array(self, name, kind, ndim=None, shape=None):
+        value = self.get(name)
+        if not np.issubdtype(value.dtype, kind):
+            raise DatasetError(f"{self.path}: field {name!r} must have dtype {kind.__name__}, got {value.dtype}")
+        if shape is not None and value.shape != shape:
+            raise DatasetError(f"{self.path}: field {name!r} must have shape {shape}, got {value.shape}")
+        if ndim is not None and value.ndim != ndim:
+            raise DatasetError(f"{self.path}: field {name!r} must have {ndim} dimensions, got shape {value.shape}")
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise DatasetError(f"{self.path}: field {name!r} contains NaN or infinite values")
+        return value
+
+    def scalar(self, name, kind):
+        return self.array(name, kind, shape=())[()]
+
+    def text(self, name):
+        value = self.get(name)
+        if value.shape != () or not np.issubdtype(value.dtype, np.str_):
+            raise DatasetError(f"{self.path}: field {name!r} must be a string, got {value.dtype} of shape {value.shape}")
+        return str(value)
