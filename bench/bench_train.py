@@ -1,0 +1,136 @@
+"""Results and speed of the main job (issue 4): the five fits, the oracle, the inferred activity.
+
+    python bench/bench_train.py                    # runs bash 3pop_neuLVM.sh, then measures
+    python bench/bench_train.py --skip_train       # measures existing results only
+    python bench/bench_train.py --scaling 10,30,100   # also: J errors vs window length (slow)
+
+Prints: wall time of the five runs and peak memory of the largest run; the parameter table of
+every run; the best run's J errors next to the oracle M-step's (true activity of all neurons,
+same window, started at the truth); Pearson r and RMSE of the inferred and of the data-driven
+initial activity against the truth (all smoothed with a 20 ms Gaussian).
+"""
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from src import neulvm  # noqa: E402
+from src.em import m_step  # noqa: E402
+from src.helper import init_Z, make_window, smooth  # noqa: E402
+from src.LIFmesoCell import MesoModel  # noqa: E402
+from src.results import load_arrays  # noqa: E402
+from src.runs import best_run, find_runs, parameter_table  # noqa: E402
+
+RESULT = os.path.join(ROOT, "result", "3pop example", "data11")
+SMOOTH = 0.020   # s, Gaussian s.d. for comparing activities
+
+
+def oracle_fit(window):
+    """M-step on the true activity, from the true parameters: the identifiability limit of the window."""
+    truth = window.net.theta
+    Z = np.clip(window.Z_true, 1e-5, 1.0)
+    model = MesoModel(window, truth, Z)
+    theta, info = m_step(model, truth, Z, list(zip(0.4 * truth, 2.0 * truth)), maxiter=500)
+    return theta, info
+
+
+def activity_scores(window, Z):
+    """Pearson r and RMSE (Hz) per population between Z and the truth, both smoothed 20 ms."""
+    true = smooth(window.Z_true[0], SMOOTH, window.dt) / window.dt
+    est = smooth(Z[0], SMOOTH, window.dt) / window.dt
+    r = [np.corrcoef(true[a], est[a])[0, 1] for a in range(window.M)]
+    rmse = [np.sqrt(np.mean((true[a] - est[a]) ** 2)) for a in range(window.M)]
+    return np.array(r), np.array(rmse)
+
+
+def j_errors(theta, truth, M=3):
+    return (theta[M:2 * M] - truth[M:2 * M]) / truth[M:2 * M]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip_train", action="store_true", help="measure existing results only")
+    parser.add_argument("--scaling", default="", help="window lengths (s) for the J-error scaling, e.g. 10,30,100")
+    args = parser.parse_args()
+
+    if not args.skip_train:
+        start = time.time()
+        code = subprocess.call(["bash", os.path.join(ROOT, "3pop_neuLVM.sh")], cwd=ROOT)
+        wall = time.time() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+        print(f"bash 3pop_neuLVM.sh: exit {code}, {wall:.0f} s wall for five runs "
+              f"(target <= 600 s; ratio {wall / 600:.2f}), peak memory of the largest run {peak:.2f} GB "
+              f"(target <= 2 GB)")
+    runs = find_runs(RESULT)
+    print(parameter_table(runs))
+    name, summary = best_run(RESULT)
+    print(f"best run: {name}, final loss {summary['final_loss']:.6f}, "
+          f"{summary.get('seconds', float('nan')):.0f} s, {len(summary['em_steps'])} EM steps")
+
+    opt = summary["options"]
+    window = neulvm.load_window(os.path.join(ROOT, opt["dataset"]), dt=opt["dt"], trial_length=opt["trial_length"],
+                                t_perbatch=opt["t_perbatch"], end_timepoint=opt["end_timepoint"],
+                                a_cutoff=opt["a_cutoff"], Nsampled=opt["Nsampled"])
+    truth = window.net.theta
+    theta_fit = np.asarray(summary["theta_final"])
+    start = time.time()
+    theta_oracle, info = oracle_fit(window)
+    print(f"oracle M-step: {time.time() - start:.1f} s, loss {info['loss_start']:.5f} -> {info['loss']:.5f}")
+    print("relative error of J (E1, E2, I): oracle", np.round(j_errors(theta_oracle, truth), 3),
+          " neuLVM best run", np.round(j_errors(theta_fit, truth), 3))
+    gap = 100 * np.abs(np.abs(j_errors(theta_fit, truth)) - np.abs(j_errors(theta_oracle, truth)))
+    print(f"  |error| difference (percentage points): {np.round(gap, 1)}; target <= 10 for each: "
+          f"{'met' if np.all(gap <= 10) else 'NOT met'}")
+
+    last = len(summary["em_steps"]) - 1
+    Z_fit = load_arrays(os.path.join(RESULT, name, f"E{last}_est_param"))["Z"]
+    Z_init = init_Z(window, opt["sampled_spike_history_smoothed_w"] * 1e-3)
+    r_fit, rmse_fit = activity_scores(window, Z_fit)
+    r_init, rmse_init = activity_scores(window, Z_init)
+    for a, pop in enumerate(("E1", "E2", "I")):
+        print(f"  {pop}: r neuLVM {r_fit[a]:.3f} (init {r_init[a]:.3f}), RMSE neuLVM {rmse_fit[a]:.2f} Hz "
+              f"(init {rmse_init[a]:.2f} Hz)")
+    print(f"  target r >= 0.9 for E1 and E2: {'met' if np.all(r_fit[:2] >= 0.9) else 'NOT met'}; "
+          f"closer than the initialisation for all (r and RMSE): "
+          f"{'met' if np.all(r_fit > r_init) and np.all(rmse_fit < rmse_init) else 'NOT met'}")
+
+    if args.scaling:
+        scaling([float(s) for s in args.scaling.split(",")])
+
+
+def scaling(lengths):
+    """J errors of the oracle and of one neuLVM run (train_Noinit 0) vs window length."""
+    from src.dataset import load_recording
+    path = "/tmp/neulvm_bench_long.npz"
+    duration = max(lengths) + 1.0
+    if not os.path.exists(path):
+        subprocess.check_call([sys.executable, "-m", "src.microsim", "--out", path, "--duration", f"{duration:g}",
+                               "--seed", "3"], cwd=ROOT)
+    rec = load_recording(path)
+    for length in lengths:
+        window = make_window(rec, trial_length=length, t_perbatch=length, end_timepoint=length + 1.0)
+        start = time.time()
+        theta_oracle, _ = oracle_fit(window)
+        t_oracle = time.time() - start
+        start = time.time()
+        folder = f"/tmp/neulvm_bench_scaling_{length:g}/"
+        subprocess.check_call([sys.executable, "train_meso.py", "--dataset", path, "--trial_length", f"{length:g}",
+                               "--t_perbatch", f"{length:g}", "--end_timepoint", f"{length + 1:g}",
+                               "--SAVE_DIR", folder, "--LOG_PER", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        t_fit = time.time() - start
+        summary = find_runs(os.path.join(folder, f"data{length + 1:g}"))["train0"]
+        print(f"window {length:g} s: J error oracle {np.round(j_errors(theta_oracle, window.net.theta), 3)} "
+              f"({t_oracle:.0f} s), neuLVM {np.round(j_errors(np.asarray(summary['theta_final']), window.net.theta), 3)}"
+              f" ({t_fit:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
