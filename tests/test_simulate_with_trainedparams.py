@@ -1,0 +1,117 @@
+"""Tests of simulate_with_trainedparams.py: run selection, clean errors, the files it writes.
+
+The runs here are made by hand (a summary.json with the true parameters as the "fit"), so no
+training is needed; the script only reads summary.json.
+"""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import simulate_with_trainedparams as script
+from src.network import winner_take_all
+from src.results import save_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_run(folder, name, loss, theta, dataset="no/such/recording.npz"):
+    """A run folder with the summary.json fields the script reads."""
+    os.makedirs(os.path.join(folder, name))
+    net = winner_take_all()
+    save_json(os.path.join(folder, name, "summary.json"), {
+        "theta_names": [f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(3)],
+        "theta_true": net.theta, "theta_init": net.theta, "theta_final": np.asarray(theta), "final_loss": loss,
+        "em_steps": [{"em_step": 0, "loss": loss}], "last_em_step": 0, "finished": True, "seed": 0,
+        "dataset": {"path": dataset, "seed": 7},
+        "options": {"dataset": dataset, "dt": 0.004, "a_cutoff": 1.0}})
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Three complete runs (losses -1, -3, -2), one without summary.json, one with a truncated one."""
+    folder = str(tmp_path / "data11")
+    theta = winner_take_all().theta
+    for name, loss, scale in (("train0", -1.0, 1.0), ("train1", -3.0, 1.1), ("train2", -2.0, 0.9)):
+        fake_run(folder, name, loss, theta * scale)
+    os.makedirs(os.path.join(folder, "train3"))                      # killed before its first EM step
+    os.makedirs(os.path.join(folder, "train4"))
+    with open(os.path.join(folder, "train4", "summary.json"), "w") as f:
+        f.write('{"final_loss": ')                                     # cut while writing
+    return folder
+
+
+def run_script(*args, cwd=REPO):
+    return subprocess.run([sys.executable, os.path.join(REPO, "simulate_with_trainedparams.py"), *args],
+                          check=False, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("where", ["empty folder", "missing folder"])
+def test_without_results_says_what_to_run_and_exits_1(tmp_path, where):
+    folder = tmp_path / "data11"
+    if where == "empty folder":
+        folder.mkdir()
+    out = run_script("--result_dir", str(folder), cwd=str(tmp_path))
+    assert out.returncode == 1, out
+    assert out.stderr.strip().count("\n") == 0, f"expected one line, got:\n{out.stderr}"
+    assert "run bash 3pop_neuLVM.sh first" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "0"], "--duration must be > 0"),
+    (["--input", "sine"], "--input must be none, pulses or ou"),
+    (["--no_such_option", "1"], "unrecognized arguments"),
+])
+def test_bad_options_exit_2_in_one_line(tmp_path, args, message):
+    out = run_script("--result_dir", str(tmp_path), *args, cwd=str(tmp_path))
+    assert out.returncode == 2, out
+    assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def test_best_run_is_the_lowest_loss_and_broken_runs_are_skipped_with_a_warning(runs):
+    with pytest.warns(UserWarning) as record:
+        folder, summary = script.pick_run(script.parse_options(["--result_dir", runs]))
+    assert os.path.basename(folder) == "train1" and summary["final_loss"] == -3.0
+    skipped = " ".join(str(w.message) for w in record)
+    assert "train3" in skipped and "train4" in skipped, skipped
+
+
+def test_run_option_picks_that_run_and_a_partial_one_is_an_error(runs):
+    folder, _ = script.pick_run(script.parse_options(["--result_dir", runs, "--run", "train2"]))
+    assert os.path.basename(folder) == "train2"
+    with pytest.raises(script.NoResult, match="run bash 3pop_neuLVM.sh first"):
+        script.pick_run(script.parse_options(["--result_dir", runs, "--run", "train3"]))
+    with pytest.raises(script.UsageError, match="no such run folder"):
+        script.pick_run(script.parse_options(["--result_dir", runs, "--run", "train9"]))
+
+
+@pytest.mark.parametrize("kind", ["none", "pulses"])
+def test_simulates_the_fitted_model_and_writes_png_svg_and_the_seed(runs, kind, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                # the broken runs of the fixture
+        status = script.main(["--result_dir", runs, "--duration", "3", "--seed", "5", "--input", kind,
+                              "--pulse_onsets", "1", "--pulse_amplitude", "50"])
+    assert status == 0
+    base = os.path.join(runs, "train1", f"simulation_{kind}_seed5")
+    for ext in ("png", "svg", "json"):
+        assert os.path.getsize(f"{base}.{ext}") > 0, ext
+    with open(base + ".json") as f:
+        record = json.load(f)
+    assert record["seed"] == 5 and record["options"]["input"] == kind
+    np.testing.assert_allclose(record["theta"], winner_take_all().theta * 1.1, rtol=1e-12,
+                               err_msg="the simulated model must carry the best run's fitted theta")
+    assert "model.md" in record["fixed_parameters"]                 # the recording of the fake run is gone
+    assert "final loss -3.000000" in capsys.readouterr().out
+
+
+def test_input_is_the_bin_average_of_the_microscopic_input():
+    opt = script.parse_options(["--input", "pulses", "--pulse_onsets", "0.002", "--pulse_duration", "0.004",
+                                "--pulse_amplitude", "10", "--pulse_target", "0"])
+    I_ext = script.external_input(opt, 3, 5, 0.004)
+    # the pulse covers 2-6 ms: half of bin 0 and half of bin 1
+    np.testing.assert_allclose(I_ext[0], [5, 5, 0, 0, 0], err_msg="pulse input per 4 ms bin")
+    assert not I_ext[1:].any()
