@@ -61,7 +61,7 @@ class BinStep:
         self.cohort_refractory = np.arange(K) < self.R                         # (K,)
         self.Isyn = np.array(A0, dtype=float)                                  # (B, M)
         B, M = self.Isyn.shape
-        oldest = K if obs_age0 is None else max(K, int(obs_age0.max()) + 1)
+        oldest = K if obs_age0 is None or obs_age0.size == 0 else max(K, int(obs_age0.max()) + 1)
         V0, logS0 = stationary_start(net, self.Isyn, dt, oldest)
         self.V, self.logS = V0[..., :K].copy(), logS0[..., :K].copy()           # (B, M, K)
         if obs_age0 is None:
