@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.network import Network
+from src.results import NPY_MAGIC, PICKLE_MAGIC, ZIP_MAGIC
 
 FORMAT = "neuLVM-recording-1"
 MIN_RECORDED = 30  # recorded neurons per population (fewer only if the population is smaller)
@@ -86,14 +87,28 @@ def save_recording(path, recording):
 def load_recording(path):
     """Read and validate a dataset file; raise DatasetError naming the file and the problem."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DatasetError(f"{path}: is a folder, expected a dataset file (.npz)")
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: no such file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    if magic.startswith(PICKLE_MAGIC):
+        raise DatasetError(f"{path}: is a Python pickle, expected an .npz archive; pickles are never loaded, "
+                           "since loading one can run arbitrary code")
+    if magic.startswith(NPY_MAGIC):
+        raise DatasetError(f"{path}: expected an .npz archive, found a single .npy array")
+    if not magic.startswith(ZIP_MAGIC):
+        raise DatasetError(f"{path}: not a readable .npz archive (the file starts with {magic!r}, "
+                           f"expected a zip file in the format {FORMAT!r})")
+    try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DatasetError(f"{path}: not a readable .npz archive ({error})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{path}: expected an .npz archive, found a single .npy array")
+        raise DatasetError(f"{path}: not a readable .npz archive, the file is truncated or corrupted "
+                           f"({error})") from None
     with archive:
         fields = _Fields(path, archive)
         if fields.text("format") != FORMAT:
@@ -103,10 +118,17 @@ def load_recording(path):
         if M < 1 or np.any(N < 1):
             raise DatasetError(f"{path}: field 'N' must hold M >= 1 population sizes >= 1, got {N}")
         params = {name: fields.array(name, np.floating, shape=(M,)) for name in PARAMS if name != "N"}
+        for name in ("amem", "asyn"):
+            if np.any(params[name] <= 0):
+                raise DatasetError(f"{path}: field {name!r} must be > 0 (1/s), got {params[name]}")
+        if np.any(params["init_rates"] < 0):
+            raise DatasetError(f"{path}: field 'init_rates' must be >= 0 (Hz), got {params['init_rates']}")
         conmat = fields.array("conmat", np.floating, shape=(M, M))
         ref_t, eps, h = (fields.scalar(name, np.floating) for name in ("ref_t", "eps", "h"))
         if not h > 0:
             raise DatasetError(f"{path}: field 'h' must be > 0 s, got {h!r}")
+        if not ref_t >= 0:
+            raise DatasetError(f"{path}: field 'ref_t' must be >= 0 s, got {ref_t!r}")
         delay_steps = int(fields.scalar("delay_steps", np.integer))
         if delay_steps < 1:
             raise DatasetError(f"{path}: field 'delay_steps' must be >= 1, got {delay_steps!r}")
@@ -118,15 +140,17 @@ def load_recording(path):
         if counts.min() < 0 or np.any(counts > N[:, None]):
             raise DatasetError(f"{path}: field 'pop_spike_counts' must lie in [0, N] (spikes per step), "
                                f"got range [{counts.min()}, {counts.max()}]")
-        spikes = fields.array("spikes", np.uint8, ndim=3)
+        spikes = fields.array("spikes", (np.integer, np.bool_), ndim=3)
         if spikes.shape[0] != M or spikes.shape[2] != n_steps:
             raise DatasetError(f"{path}: field 'spikes' must have shape ({M}, R, {n_steps}), got {spikes.shape}")
         n_min = min(MIN_RECORDED, N.min())
         if not n_min <= spikes.shape[1] <= N.min():
             raise DatasetError(f"{path}: field 'spikes' must record between {n_min} and {N.min()} neurons "
                                f"per population, got {spikes.shape[1]}")
-        if spikes.max(initial=0) > 1:
-            raise DatasetError(f"{path}: field 'spikes' must hold only 0 and 1, got values up to {spikes.max()}")
+        if spikes.size and (spikes.min() < 0 or spikes.max() > 1):
+            raise DatasetError(f"{path}: field 'spikes' must hold only 0 and 1 (spike or not in a step), "
+                               f"got values in [{spikes.min()}, {spikes.max()}]")
+        spikes = spikes.astype(np.uint8)
         if np.any(spikes.sum(axis=1) > counts):
             raise DatasetError(f"{path}: field 'spikes' has more recorded spikes in a step than 'pop_spike_counts'")
         I_ext = fields.array("I_ext", np.floating, shape=(M, n_steps))
@@ -151,14 +175,24 @@ class _Fields:
             raise DatasetError(f"{self.path}: missing field {name!r}")
         try:
             return self.archive[name]
-        except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as error:
+        except ValueError as error:
+            if "allow_pickle" in str(error):
+                raise DatasetError(f"{self.path}: field {name!r} holds pickled Python objects, expected a numeric "
+                                   "array; refused (loading them can run arbitrary code)") from None
+            raise DatasetError(f"{self.path}: field {name!r} is unreadable, the file is truncated or "
+                               f"corrupted ({error})") from None
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as error:
             raise DatasetError(f"{self.path}: field {name!r} is unreadable, the file is truncated or "
                                f"corrupted ({error})") from None
 
     def array(self, name, kind, ndim=None, shape=None):
+        """The field, checked: dtype a subtype of kind (or of one of a tuple of kinds), shape or ndim,
+        and finite if it holds floats."""
         value = self.get(name)
-        if not np.issubdtype(value.dtype, kind):
-            raise DatasetError(f"{self.path}: field {name!r} must have dtype {kind.__name__}, got {value.dtype}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not any(np.issubdtype(value.dtype, k) for k in kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise DatasetError(f"{self.path}: field {name!r} must have dtype {expected}, got {value.dtype}")
         if shape is not None and value.shape != shape:
             raise DatasetError(f"{self.path}: field {name!r} must have shape {shape}, got {value.shape}")
         if ndim is not None and value.ndim != ndim:

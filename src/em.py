@@ -13,12 +13,46 @@ from . import fast_np
 from .window import Z_MAX, Z_MIN
 
 
-def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact"):
+class NonFiniteError(ValueError):
+    """The starting point of an EM step has a non-finite loss: there is no good state to go back to."""
+
+
+class _StopAtNonFinite(Exception):
+    """Raised inside the objective to stop scipy.optimize.minimize at a non-finite loss or gradient."""
+
+
+class _Guarded:
+    """The M-step objective, wrapped: remembers the best finite point it was evaluated at, and stops the
+    optimiser at the first non-finite loss or gradient, so that no step is ever taken from a NaN."""
+
+    def __init__(self, fun, with_grad, on_eval=None):
+        self.fun, self.with_grad, self.on_eval = fun, with_grad, on_eval
+        self.calls, self.nonfinite_at = 0, None
+        self.best_x, self.best_loss = None, np.inf
+
+    def __call__(self, theta):
+        self.calls += 1
+        if self.on_eval is not None:
+            self.on_eval()
+        out = self.fun(theta)
+        loss, grad = out if self.with_grad else (out, 0.0)
+        if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+            self.nonfinite_at = self.calls
+            raise _StopAtNonFinite
+        if loss < self.best_loss:
+            self.best_x, self.best_loss = np.array(theta, dtype=float), float(loss)
+        return out
+
+
+def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact", on_eval=None):
     """Minimise the loss over theta from theta0 with Z fixed.
 
     grad="exact": the TensorFlow loss and its autodiff gradient; grad="numeric": the numpy reference
     with finite-difference gradients, as the original project did. Returns (theta, info) where info
-    holds loss_y, loss_Z, loss, nit, nfev, message and seconds. The result is never worse than theta0.
+    holds loss_y, loss_Z, loss, nit, nfev, message, seconds and nonfinite (None, or the evaluation at
+    which a non-finite loss or gradient stopped the optimiser; theta is then the best finite point).
+    The result is never worse than theta0; NonFiniteError if the loss at theta0 is not finite.
+    on_eval() is called before each evaluation of the objective (train_meso.py stops there on Ctrl-C).
     """
     start = time.time()
     if grad == "exact":
@@ -32,14 +66,26 @@ def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact
         jac = None
     else:
         raise ValueError(f"grad must be 'exact' or 'numeric', got {grad!r}")
+    theta0 = np.asarray(theta0, float)
     loss0 = sum(model.losses(theta=theta0, Z=Z))
-    res = minimize(fun, np.asarray(theta0, float), jac=jac, method=method, bounds=bounds,
-                   options={"maxiter": maxiter})
-    theta = res.x if np.isfinite(res.fun) and res.fun <= loss0 else np.asarray(theta0, float)
+    if not np.isfinite(loss0):
+        raise NonFiniteError(f"the M-step starts from a non-finite loss ({loss0}) at theta {theta0.tolist()}")
+    guarded = _Guarded(fun, with_grad=jac is True, on_eval=on_eval)
+    iterations = []
+    try:
+        res = minimize(guarded, theta0, jac=jac, method=method, bounds=bounds, options={"maxiter": maxiter},
+                       callback=lambda *_: iterations.append(1))
+        x, fx, nit, message = res.x, res.fun, int(getattr(res, "nit", len(iterations))), str(res.message)
+    except _StopAtNonFinite:
+        x, fx, nit = guarded.best_x, guarded.best_loss, len(iterations)
+        message = f"stopped at a non-finite loss or gradient (evaluation {guarded.nonfinite_at})"
+    theta = np.array(x, dtype=float) if x is not None and np.isfinite(fx) and fx <= loss0 else theta0
     loss_y, loss_Z = model.losses(theta=theta, Z=Z)
+    if not np.isfinite(loss_y + loss_Z):             # the backends disagree near an overflow: keep theta0
+        theta, (loss_y, loss_Z) = theta0, model.losses(theta=theta0, Z=Z)
     return theta, {"loss_y": loss_y, "loss_Z": loss_Z, "loss": loss_y + loss_Z, "loss_start": loss0,
-                   "nit": int(res.nit), "nfev": int(res.nfev), "message": str(res.message),
-                   "seconds": time.time() - start}
+                   "nit": nit, "nfev": guarded.calls, "message": message,
+                   "nonfinite": guarded.nonfinite_at, "seconds": time.time() - start}
 
 
 class Adam:
@@ -63,22 +109,27 @@ class Adam:
 def e_step(model, theta, Z0, lr=1e-3, maxiters=200, itertol=3, on_step=None):
     """Minimise the loss over Z from Z0 with theta fixed, by Adam projected on [Z_MIN, Z_MAX].
 
-    Stops after `itertol` steps without a new best loss, or after `maxiters` steps, and returns the
-    best Z seen (Z0 included) with the history of (loss_y, loss_Z) per step. on_step(i, Z, loss_y,
-    loss_Z) is called after each evaluation, for logging and plots.
+    Stops after `itertol` steps without a new best loss, after `maxiters` steps, or at the first
+    non-finite loss or gradient (never stepping from it), and returns the best Z seen (Z0 included)
+    with info: loss, steps, history of (loss_y, loss_Z), seconds, nonfinite (None or the iteration
+    that was rejected). on_step(i, Z, loss_y, loss_Z) is called after each finite evaluation, for
+    logging and plots. NonFiniteError if the loss at Z0 is not finite.
     """
     start = time.time()
     adam = Adam(lr)
     Z = np.asarray(Z0, float)
-    best_Z, best_loss, since_best, history = Z, np.inf, 0, []
+    best_Z, best_loss, since_best, history, nonfinite = Z, np.inf, 0, [], None
     for i in range(maxiters):
         loss_y, loss_Z, grad = model.value_and_grad("Z", theta=theta, Z=Z)
         loss_y, loss_Z, grad = float(loss_y), float(loss_Z), np.asarray(grad)
+        if not (np.isfinite(loss_y + loss_Z) and np.all(np.isfinite(grad))):
+            if i == 0:
+                raise NonFiniteError(f"the E-step starts from a non-finite loss ({loss_y + loss_Z}) or gradient")
+            nonfinite = i
+            break                                      # keep the best Z so far; never step on NaN
         history.append((loss_y, loss_Z))
         if on_step is not None:
             on_step(i, Z, loss_y, loss_Z)
-        if not (np.isfinite(loss_y + loss_Z) and np.all(np.isfinite(grad))):
-            break                                      # keep the best Z so far; never step on NaN
         if loss_y + loss_Z < best_loss:
             best_Z, best_loss, since_best = Z, loss_y + loss_Z, 0
         else:
@@ -86,5 +137,5 @@ def e_step(model, theta, Z0, lr=1e-3, maxiters=200, itertol=3, on_step=None):
             if since_best >= itertol:
                 break
         Z = np.clip(adam.step(Z, grad), Z_MIN, Z_MAX)
-    return best_Z, {"loss": best_loss, "steps": len(history), "history": history,
+    return best_Z, {"loss": best_loss, "steps": len(history), "history": history, "nonfinite": nonfinite,
                     "seconds": time.time() - start}

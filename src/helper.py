@@ -4,7 +4,7 @@ data-driven initialisation of the latent (section 4.1).
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .window import Window, Z_MAX, Z_MIN
+from .window import Z_MAX, Z_MIN, Window
 
 
 def bin_recording(rec, dt):
@@ -13,10 +13,7 @@ def bin_recording(rec, dt):
     Returns Z (M, n_bins): fraction of each population firing in a bin, y (M, R, n_bins): 1 if a
     recorded neuron fired in the bin, and I_ext (M, n_bins): the input averaged over the bin.
     """
-    ratio = dt / rec.h
-    steps = int(round(ratio))
-    if steps < 1 or abs(ratio - steps) > 1e-6:
-        raise ValueError(f"dt must be a whole multiple of the recording step {rec.h} s, got dt={dt!r}")
+    steps = _whole_multiple("dt", dt, rec.h, f"the recording step h = {rec.h:g} s (field 'h')")
     n_bins = rec.pop_spike_counts.shape[1] // steps
     cut = n_bins * steps
     counts = rec.pop_spike_counts[:, :cut].reshape(rec.network.M, n_bins, steps).sum(-1)
@@ -31,21 +28,30 @@ def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint
                 Nsampled=3, with_input=True):
     """The fitting window: trial_length seconds ending at end_timepoint, cut into B = trial_length /
     t_perbatch batches, each preceded by a_cutoff seconds of history; the first Nsampled recorded
-    neurons of each population are observed."""
+    neurons of each population are observed.
+
+    ValueError, naming the argument and what was expected, if a length is not a positive whole
+    number of bins, the window (history included) does not fit in the recording, or there are
+    fewer than Nsampled recorded neurons."""
+    for name, value in (("dt", dt), ("trial_length", trial_length), ("t_perbatch", t_perbatch),
+                        ("end_timepoint", end_timepoint), ("a_cutoff", a_cutoff)):
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0 (s), got {value!r}")
+    _whole_multiple("dt", dt, rec.h, f"the recording step h = {rec.h:g} s (field 'h')")
+    K = _whole_multiple("a_cutoff", a_cutoff, dt, f"dt = {dt:g} s")
+    T = _whole_multiple("t_perbatch", t_perbatch, dt, f"dt = {dt:g} s")
+    end = _whole_multiple("end_timepoint", end_timepoint, dt, f"dt = {dt:g} s")
+    B = _whole_multiple("trial_length", trial_length, t_perbatch, f"t_perbatch = {t_perbatch:g} s")
+    R = rec.spikes.shape[1]
+    if not (isinstance(Nsampled, (int, np.integer)) and 1 <= Nsampled <= R):
+        raise ValueError(f"Nsampled must be between 1 and the {R} recorded neurons per population "
+                         f"(field 'spikes'), got {Nsampled!r}")
     Z, y, I_ext = bin_recording(rec, dt)
-    K = int(round(a_cutoff / dt))
-    T = int(round(t_perbatch / dt))
-    B = int(round(trial_length / t_perbatch))
-    if abs(B * t_perbatch - trial_length) > 1e-9 or B < 1:
-        raise ValueError(f"trial_length ({trial_length} s) must be a whole multiple of t_perbatch "
-                         f"({t_perbatch} s)")
-    end = int(round(end_timepoint / dt))
     start = end - B * T
     if start - K < 0 or end > Z.shape[1]:
         raise ValueError(f"the window {end_timepoint - trial_length - a_cutoff:g}..{end_timepoint:g} s "
-                         f"(history included) does not fit in the recording of {Z.shape[1] * dt:g} s")
-    if Nsampled < 1 or Nsampled > y.shape[1]:
-        raise ValueError(f"Nsampled must be between 1 and the {y.shape[1]} recorded neurons, got {Nsampled}")
+                         f"(end_timepoint {end_timepoint:g} s, trial_length {trial_length:g} s after a_cutoff "
+                         f"{a_cutoff:g} s of history) must lie within the recording, 0..{Z.shape[1] * dt:g} s")
     batches = [slice(start + b * T - K, start + (b + 1) * T) for b in range(B)]
     y_obs = np.stack([y[:, :Nsampled, s] for s in batches])                        # (B, M, Nobs, K+T)
     I_win = np.stack([I_ext[:, s][:, K:] for s in batches])                        # (B, M, T)
@@ -53,6 +59,18 @@ def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint
         I_win = np.zeros_like(I_win)
     Z_true = np.stack([Z[:, s][:, K:] for s in batches])                           # (B, M, T)
     return Window(net=rec.network, dt=dt, K=K, y=y_obs, I_ext=I_win, Z_true=Z_true)
+
+
+WHOLE_TOL = 1e-6  # relative tolerance on "a whole multiple": absorbs decimal rounding (0.2 / 0.004)
+
+
+def _whole_multiple(name, value, unit, unit_text):
+    """value / unit as an int >= 1; ValueError naming `name` if it is not a positive whole multiple."""
+    ratio = value / unit
+    n = round(ratio) if np.isfinite(ratio) else 0
+    if n < 1 or abs(ratio - n) > WHOLE_TOL * max(1.0, abs(ratio)):
+        raise ValueError(f"{name} must be a positive whole multiple of {unit_text}, got {value!r}")
+    return n
 
 
 def init_Z(window, smooth_sd):

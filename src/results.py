@@ -1,25 +1,64 @@
-"""Result files: numpy archives and JSON, written atomically, read without executing code.
+"""Result files: numpy archives and JSON, written atomically, read without executing code; the
+lock that keeps two training runs out of one run folder.
 
 The original project's file names have no extension (`init_param`, `E3_est_param`,
 `minimizor_result_3`); here they hold a numpy .npz archive of arrays and numbers only, which
-np.load reads with allow_pickle=False.
+np.load reads with allow_pickle=False. A Python pickle (the original project's format, or a
+crafted file) is refused before any of it is read as a pickle, so loading never runs code.
+
+Every write goes to a temporary file in the same folder (TMP_PREFIX ... TMP_SUFFIX), which is
+then renamed over the target: a result file is complete or absent, whenever the writer dies.
+A process killed during a write leaves its temporary file; remove_temporaries() clears them.
 """
+import contextlib
+import fcntl
+import glob
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
+TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"   # temporary files: .{name}.{random}.tmp{extension}
+LOCK_NAME = "train.lock"               # in a run folder while a training run writes into it
+ZIP_MAGIC = b"PK\x03\x04"              # an .npz archive is a zip file
+NPY_MAGIC = b"\x93NUMPY"
+PICKLE_MAGIC = b"\x80"                 # pickle protocols 2 and later start with the PROTO opcode
 
-def _atomic_write(path, write):
-    """Write through a temporary file in the same folder, then rename: the file is complete or absent."""
+
+class ResultFileError(ValueError):
+    """A result file is missing, unreadable, of the wrong format or holds non-finite numbers."""
+
+
+class FolderInUse(OSError):
+    """Another process holds the lock of a run folder."""
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _atomic_write(path, write, extension=""):
+    """Write through a temporary file in the same folder, then rename: the file is complete or absent.
+
+    write(f) gets an open binary file, or, with extension (".png"), the temporary path itself
+    (for writers that want a file name whose extension gives the format)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX + os.path.basename(path) + ".",
+                               suffix=TMP_SUFFIX + extension)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        if extension:
+            os.close(fd)
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        umask = os.umask(0)                  # mkstemp makes the file private; give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -28,26 +67,89 @@ def _atomic_write(path, write):
 
 
 def save_arrays(path, **arrays):
-    """Save arrays and numbers to `path` (npz format, whatever the file name)."""
+    """Save arrays and numbers to `path` (npz format, whatever the file name).
+
+    Refuses (ValueError, nothing written) objects that would need a pickle and non-finite numbers:
+    a NaN never reaches a result file."""
     for key, value in arrays.items():
-        if np.asarray(value).dtype == object:
+        value = np.asarray(value)
+        if value.dtype == object:
             raise TypeError(f"{key}: only arrays, numbers and strings can be saved, got {type(value).__name__}")
+        if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: refusing to write {key!r}, it contains NaN or infinite values")
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_arrays(path):
-    """Read a file written by save_arrays into a dict of arrays (0-d arrays become numbers/strings)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+def save_figure(path, plot, *args, **kwargs):
+    """Call plot(temporary_path, *args, **kwargs) (e.g. src.plots.plot_activity), then rename the
+    figure to path: a killed run never leaves a truncated image."""
+    _atomic_write(path, lambda tmp: plot(tmp, *args, **kwargs), extension=os.path.splitext(path)[1])
 
 
 def save_json(path, obj):
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=_plain).encode()))
+    """Write obj as JSON; refuses NaN and infinities (ValueError, nothing written)."""
+    try:
+        text = json.dumps(obj, indent=1, default=_plain, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: refusing to write NaN or infinite values ({error})") from None
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_temporaries(folder):
+    """Delete the temporary files a killed writer left in folder; returns their names."""
+    names = glob.glob(os.path.join(glob.escape(folder), f"{TMP_PREFIX}*{TMP_SUFFIX}*"))
+    for name in names:
+        os.remove(name)
+    return [os.path.basename(n) for n in names]
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def load_arrays(path):
+    """Read a file written by save_arrays into a dict of arrays (0-d arrays become numbers/strings).
+
+    Raises ResultFileError, naming the file and the problem, for a missing, truncated or foreign
+    file, a pickle, or an archive member that holds pickled objects; nothing in the file is run."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise ResultFileError(f"{path}: cannot read the result file ({error.strerror or error})") from None
+    if magic.startswith(PICKLE_MAGIC):
+        raise ResultFileError(f"{path}: is a Python pickle, not a neuLVM result archive; pickles are never "
+                              "loaded, since loading one can run arbitrary code")
+    if not magic.startswith(ZIP_MAGIC):
+        raise ResultFileError(f"{path}: not a neuLVM result archive (expected an .npz/zip file, "
+                              f"the file starts with {magic!r})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {}
+            for key in data.files:
+                try:
+                    value = data[key]
+                except ValueError as error:
+                    if "allow_pickle" in str(error) or "pickled" in str(error):
+                        raise ResultFileError(f"{path}: field {key!r} holds pickled Python objects; refused "
+                                              "(loading them can run arbitrary code)") from None
+                    raise
+                out[key] = value.item() if value.ndim == 0 else value
+            return out
+    except ResultFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ResultFileError(f"{path}: unreadable result archive, truncated or corrupted ({error})") from None
 
 
 def load_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """Read a JSON file (JSON cannot hold code); ResultFileError naming the file if it is not valid."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as error:
+        raise ResultFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ResultFileError(f"{path}: not valid JSON, truncated or corrupted ({error})") from None
 
 
 def _plain(value):
@@ -56,3 +158,37 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+# -- one writer per run folder ----------------------------------------------------------------------
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold an exclusive lock on a run folder while the block runs; FolderInUse if another process has it.
+
+    The lock is fcntl.flock on folder/LOCK_NAME, which the kernel releases when its process ends in
+    any way, so the file a SIGKILLed run leaves behind blocks nothing. The file holds the owner's
+    PID, for the message of the refused run."""
+    path = os.path.join(folder, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUse(f"{folder} is in use by another training run (PID {owner}); wait for it to "
+                              "end, or write elsewhere (--train_Noinit, --SAVE_DIR)") from None
+        try:                                 # the owner before us may have removed the file in the meantime
+            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.remove(path)                      # removed while still locked: no one can take a stale file
+        os.close(fd)

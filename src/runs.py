@@ -11,6 +11,8 @@ import numpy as np
 
 from .results import load_json
 
+SUMMARY_KEYS = ("final_loss", "em_steps", "theta_names", "theta_true", "theta_init", "theta_final")
+
 
 def find_runs(folder):
     """{run name: summary} of the runs in folder that have a readable summary.json with a final loss.
@@ -24,6 +26,12 @@ def find_runs(folder):
         try:
             summary = load_json(path)
             loss = float(summary["final_loss"])
+            missing = [key for key in SUMMARY_KEYS if key not in summary]
+            if missing:
+                raise KeyError(f"missing {', '.join(missing)}")
+            lengths = {len(summary[key]) for key in ("theta_names", "theta_true", "theta_init", "theta_final")}
+            if len(lengths) != 1:
+                raise ValueError("theta_names, theta_true, theta_init and theta_final differ in length")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
             warnings.warn(f"skipping {os.path.join(folder, name)}: no complete summary.json ({err})")
             continue

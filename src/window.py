@@ -32,24 +32,30 @@ class Window:
     Z_true: np.ndarray = None   # (B, M, T) ground truth, when known (for plots and reports only)
 
     def __post_init__(self):
-        y = np.asarray(self.y, dtype=float)
+        """Checks every field: a ValueError (TypeError for net) names the field, what was expected and the value."""
+        if not isinstance(self.net, Network):
+            raise TypeError(f"net must be a src.network.Network, got {type(self.net).__name__}")
+        if not (isinstance(self.dt, (int, float, np.integer, np.floating)) and np.isfinite(self.dt)
+                and self.dt > 0):
+            raise ValueError(f"dt must be a finite number > 0 (s), got {self.dt!r}")
+        if not isinstance(self.K, (int, np.integer)) or isinstance(self.K, bool) or self.K < 1:
+            raise ValueError(f"K (age bins) must be an integer >= 1, got {self.K!r}")
+        object.__setattr__(self, "dt", float(self.dt))
+        object.__setattr__(self, "K", int(self.K))
+        y = _numeric_array("y", self.y)
         object.__setattr__(self, "y", y)
-        object.__setattr__(self, "I_ext", np.asarray(self.I_ext, dtype=float))
-        if self.dt <= 0:
-            raise ValueError(f"dt must be > 0, got {self.dt!r}")
-        if self.K < 1:
-            raise ValueError(f"K (age bins) must be >= 1, got {self.K!r}")
-        if y.ndim != 4 or y.shape[1] != self.net.M or y.shape[3] <= self.K:
-            raise ValueError(f"y must have shape (B, {self.net.M}, Nobs, K+T) with K={self.K} and T>0, "
-                             f"got {y.shape}")
+        if y.ndim != 4 or y.shape[1] != self.net.M or y.shape[3] <= self.K or y.shape[0] < 1 or y.shape[2] < 1:
+            raise ValueError(f"y must have shape (B >= 1, M = {self.net.M}, Nobs >= 1, K+T) with K={self.K} and "
+                             f"T >= 1, got {y.shape}")
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("y (observed spikes) must contain only 0 and 1")
+        object.__setattr__(self, "I_ext", _numeric_array("I_ext", self.I_ext))
         if self.I_ext.shape != (self.B, self.M, self.T):
             raise ValueError(f"I_ext must have shape {(self.B, self.M, self.T)}, got {self.I_ext.shape}")
         if not np.all(np.isfinite(self.I_ext)):
             raise ValueError("I_ext must be finite")
         if self.Z_true is not None:
-            object.__setattr__(self, "Z_true", np.asarray(self.Z_true, dtype=float))
+            object.__setattr__(self, "Z_true", _numeric_array("Z_true", self.Z_true))
             if self.Z_true.shape != (self.B, self.M, self.T):
                 raise ValueError(f"Z_true must have shape {(self.B, self.M, self.T)}, got {self.Z_true.shape}")
 
@@ -94,6 +100,14 @@ class Window:
         last_before = np.concatenate([np.full((B, M, Nobs, 1), -1), last[..., :-1]], axis=-1)
         t = times[self.K:]                                           # window bins in history coordinates
         return (t - 1 - last_before[..., self.K:]).astype(np.int64)  # (B, M, Nobs, T)
+
+
+def _numeric_array(name, value):
+    """value as a float64 array; ValueError naming the field if it is not numbers (or booleans)."""
+    array = np.asarray(value)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(float)
 
 
 def refractory_bins(ref_t, dt):

@@ -1,6 +1,6 @@
 """Tests of src/dataset.py: round trip, refusal of broken files, and the shipped dataset."""
 import os
-from dataclasses import replace
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,11 @@ def corrupt(path, **changes):
     (dict(seed=np.array([1, 2])), "seed"),
     (dict(version=np.array([1.0])), "version"),
     (dict(I_ext=np.array([object()], dtype=object)), "I_ext"),  # a pickle: never loaded
+    (dict(spikes=np.full((3, 30, 500), -1, np.int8)), "spikes"),
+    (dict(amem=np.array([50.0, 0.0, 50.0])), "amem"),
+    (dict(asyn=np.array([-1.0, 300.0, 300.0])), "asyn"),
+    (dict(init_rates=np.array([-5.0, 5.0, 5.0])), "init_rates"),
+    (dict(ref_t=np.float64(-0.004)), "ref_t"),
 ])
 def test_broken_fields_are_refused(tmp_path, change, field):
     path = tmp_path / "rec.npz"
@@ -94,6 +99,34 @@ def test_broken_fields_are_refused(tmp_path, change, field):
     with pytest.raises(DatasetError, match=field) as error:
         load_recording(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.uint8])
+def test_spikes_of_any_integer_dtype_holding_0_and_1_are_accepted(tmp_path, dtype):
+    path = tmp_path / "rec.npz"
+    save_recording(path, small_recording())
+    spikes = fields_of(path)["spikes"]
+    corrupt(path, spikes=spikes.astype(dtype))
+    back = load_recording(path)
+    assert back.spikes.dtype == np.uint8
+    np.testing.assert_array_equal(back.spikes, spikes)
+
+
+def test_object_field_message_says_pickle(tmp_path):
+    path = tmp_path / "rec.npz"
+    save_recording(path, small_recording())
+    corrupt(path, I_ext=np.array([object()], dtype=object))
+    with pytest.raises(DatasetError, match="field 'I_ext' holds pickled Python objects"):
+        load_recording(path)
+
+
+def test_a_folder_or_a_pickle_is_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="is a folder"):
+        load_recording(tmp_path)
+    path = tmp_path / "rec.npz"
+    path.write_bytes(pickle.dumps({"spikes": [1, 0]}, protocol=2))
+    with pytest.raises(DatasetError, match="is a Python pickle"):
+        load_recording(path)
 
 
 def test_missing_file(tmp_path):
