@@ -22,7 +22,7 @@ case "$jobs" in ''|*[!0-9]*|0) echo "3pop_neuLVM.sh: -j must be a whole number >
 save_dir="result/3pop example/"
 folder="${save_dir}data11"
 mkdir -p "$folder"
-threads=$(( $(nproc 2>/dev/null || echo 1) / jobs )); [ "$threads" -ge 1 ] || threads=1
+threads=1   # one intra-op thread per run is fastest here (src/LIFmesoCell.py)
 
 failed=0
 pids=()

@@ -64,7 +64,7 @@ class Options:
     SAVE_DIR: str = "result/3pop example/"
     plot_act_smoothw: float = 4.0  # ms, s.d. of the smoothing in the activity plots
     LOG_PER: int = 100             # an activity plot every LOG_PER E-step iterations
-    threads: int = 0               # TensorFlow threads (0: all cores)
+    threads: int = 0               # TensorFlow intra-op threads (0: TensorFlow's default)
     resume: bool = False           # continue from the last complete EM step in the run folder
     debug: bool = False            # show tracebacks
 
@@ -90,7 +90,7 @@ HELP = {
     "mstep_grad": "exact: autodiff gradient; numeric: finite differences of the numpy reference",
     "SAVE_DIR": "result folder", "plot_act_smoothw": "smoothing of the activity plots (ms)",
     "LOG_PER": "activity plot every LOG_PER E-step iterations",
-    "threads": "TensorFlow threads (0: all cores)", "resume": "continue a killed run",
+    "threads": "TensorFlow intra-op threads (0: TensorFlow's default; 1 is fastest here)", "resume": "continue a killed run",
     "debug": "show tracebacks on errors",
 }
 BOUNDED_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr", "Powell", "Nelder-Mead")
@@ -329,8 +329,9 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
     check_stop()
     net = rec.network
     if opt.threads:
+        # intra-op only: the likelihood's time chunks run as concurrent stages (inter-op), and XLA's
+        # per-row work is too small to gain from splitting it across threads (src/LIFmesoCell.py)
         tf.config.threading.set_intra_op_parallelism_threads(opt.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(opt.threads)
     tf.config.experimental.enable_op_determinism()
     fmt = lambda v: " ".join(f"{x:.4g}" for x in v)  # noqa: E731
 

@@ -13,6 +13,10 @@ from . import fast_np
 from .window import Z_MAX, Z_MIN
 
 
+L_BFGS_FTOL = 1e-13   # relative reduction of the loss per iteration below which L-BFGS-B stops
+L_BFGS_GTOL = 1e-7    # largest component of the projected gradient below which it stops
+
+
 class NonFiniteError(ValueError):
     """The starting point of an EM step has a non-finite loss: there is no good state to go back to."""
 
@@ -71,9 +75,14 @@ def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact
     if not np.isfinite(loss0):
         raise NonFiniteError(f"the M-step starts from a non-finite loss ({loss0}) at theta {theta0.tolist()}")
     guarded = _Guarded(fun, with_grad=jac is True, on_eval=on_eval)
+    options = {"maxiter": maxiter}
+    if method == "L-BFGS-B":
+        # scipy's default stops when one iteration lowers the loss by less than 2e-9 relative, which
+        # ends exact-gradient fits early in the flat J-rp valley of the loss; stop on the gradient
+        options.update(ftol=L_BFGS_FTOL, gtol=L_BFGS_GTOL)
     iterations = []
     try:
-        res = minimize(guarded, theta0, jac=jac, method=method, bounds=bounds, options={"maxiter": maxiter},
+        res = minimize(guarded, theta0, jac=jac, method=method, bounds=bounds, options=options,
                        callback=lambda *_: iterations.append(1))
         x, fx, nit, message = res.x, res.fun, int(getattr(res, "nit", len(iterations))), str(res.message)
     except _StopAtNonFinite:

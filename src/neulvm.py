@@ -25,7 +25,15 @@ def load_window(path, **window_options):
 
 def losses(theta, window: Window, Z, backend="tensorflow"):
     """(loss_y, loss_Z) at theta and Z: backend "tensorflow" (fast, src/LIFmesoCell.py) or "numpy"
-    (the sequential reference, src/fast_np.py)."""
+    (the sequential reference, src/fast_np.py). theta must be finite and Z finite in [0, 1]."""
+    theta, Z = np.asarray(theta, float), np.asarray(Z, float)
+    if theta.shape != (4 * window.M,) or not np.all(np.isfinite(theta)):
+        raise ValueError(f"theta must be {4 * window.M} finite numbers (amem, J, rp, ft), got shape {theta.shape}"
+                         f"{'' if np.all(np.isfinite(theta)) else ' with non-finite values'}")
+    if Z.shape != (window.B, window.M, window.T) or not np.all((Z >= 0) & (Z <= 1)):
+        raise ValueError(f"Z must have shape {(window.B, window.M, window.T)} with finite values in [0, 1], "
+                         f"got shape {Z.shape}, range [{np.nanmin(Z) if Z.size else 0:g}, "
+                         f"{np.nanmax(Z) if Z.size else 0:g}]{' with NaN' if np.isnan(Z).any() else ''}")
     if backend == "numpy":
         return fast_np.losses(window.net.with_theta(theta), window, Z)
     if backend == "tensorflow":
@@ -41,6 +49,8 @@ def simulate(net, duration, seed, I_ext=None, dt=DT, a_cutoff=A_CUTOFF, Nobs=3, 
     I_ext: None or (M, T) input per bin; A0: initial rates (Hz), default net.init_rates; the seed
     fixes every random draw. Returns a dict with Z (M, T) fractions, A (M, T) in Hz, spikes
     (M, Nobs, T) of Nobs observed neurons per population, I_ext, dt, seed.
+    Runs the compiled loop src/LIFmesoCell.simulate (100 s in ~0.3 s; the first call in a process
+    compiles it, ~1-2 s); src/fast_np.simulate is the readable reference with the same equations.
     """
     T = int(round(duration / dt))
     if T < 1:
@@ -50,5 +60,6 @@ def simulate(net, duration, seed, I_ext=None, dt=DT, a_cutoff=A_CUTOFF, Nobs=3, 
     I_ext = np.zeros((net.M, T)) if I_ext is None else np.asarray(I_ext, float)
     if I_ext.shape != (net.M, T):
         raise ValueError(f"I_ext must have shape {(net.M, T)} (populations, bins of {dt} s), got {I_ext.shape}")
-    Z, spikes = fast_np.simulate(net, dt, K, T, A0[None], np.random.default_rng(seed), I_ext[None], Nobs)
+    from .LIFmesoCell import simulate as simulate_xla      # the compiled loop; fast_np.simulate is its reference
+    Z, spikes = simulate_xla(net, dt, K, T, A0[None], np.random.default_rng(seed), I_ext[None], Nobs)
     return {"Z": Z[0], "A": Z[0] / dt, "spikes": spikes[0], "I_ext": I_ext, "dt": dt, "seed": seed}

@@ -1,12 +1,15 @@
 """The TensorFlow likelihood against the numpy reference (src/fast_np.py): values, gradients."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from src import fast_np
-from src.LIFmesoCell import MesoModel, diagonal_cumsum, linear_filter
+from src import fast_np, neulvm
+from src.LIFmesoCell import MesoModel, linear_filter, time_chunks
 from tests.likelihood_cases import random_case
 
+DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", "3pop_noinput_small.npz")
 RTOL_VALUE = 1e-9   # float64: the two computations differ only in the order of sums
 RTOL_GRAD = 1e-5    # central differences with step 1e-6 (theta) / 1e-8 (Z): truncation ~1e-8
 
@@ -18,15 +21,6 @@ def test_linear_filter_matches_loop():
     for t in range(300):
         expected[:, t] = (a[:, 0] * expected[:, t - 1] if t else 0) + x[:, t]
     np.testing.assert_allclose(linear_filter(tf.constant(a), tf.constant(x)).numpy(), expected, rtol=1e-12)
-
-
-def test_diagonal_cumsum_matches_loop():
-    x = np.random.default_rng(1).normal(size=(2, 7, 11))
-    expected = np.zeros_like(x)
-    for k in range(1, 7):
-        for t in range(1, 11):
-            expected[:, k, t] = expected[:, k - 1, t - 1] + x[:, k - 1, t - 1]
-    np.testing.assert_allclose(diagonal_cumsum(tf.constant(x)).numpy(), expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("T", [1, 7, 60, 300])
@@ -116,3 +110,59 @@ def test_finite_at_bounds(corner):
         loss_y, loss_Z, grad = model.value_and_grad(wrt)
         assert np.isfinite(float(loss_y)) and np.isfinite(float(loss_Z)), (corner, wrt, loss_y, loss_Z)
         assert np.all(np.isfinite(grad.numpy())), (corner, wrt)
+
+def test_time_chunks_tile_the_window():
+    for T, K, n in [(200, 50, 2), (777, 60, 2), (2500, 250, 2), (25000, 250, 4), (100, 50, 2)]:
+        chunks, L = time_chunks(T, K, n)
+        assert chunks[0][:2] == (0, 0) and chunks[-1][2] == T
+        for (c0, t0, t1), (_, t0_next, _) in zip(chunks, chunks[1:] + [(None, T, None)]):
+            assert t1 == t0_next and c0 >= 0 and c0 + L <= T and (c0 == 0 or t0 - c0 >= K), (T, K, chunks, L)
+
+
+@pytest.mark.parametrize("wrt", ["theta", "Z"])
+def test_chunked_gradient_equals_finite_differences(wrt):
+    """T = 200 >= 3K: two chunks of 125 bins that overlap by K = 50."""
+    net, window, _, Z = random_case(seed=4, B=2, Nobs=2, T=200, K=50, with_input=True, silent_neuron=True)
+    theta = net.theta * np.random.default_rng(4).uniform(0.8, 1.25, net.theta.size)
+    model = MesoModel(window, theta, Z)
+    assert len(model._chunks) == 2
+    loss_y, loss_Z, grad = model.value_and_grad(wrt)
+    np.testing.assert_allclose([loss_y, loss_Z], fast_np.losses(net.with_theta(theta), window, Z), rtol=1e-9)
+    rng = np.random.default_rng(1)
+    if wrt == "theta":
+        entries, x0, step = [(i,) for i in range(theta.size)], theta, 1e-6 * np.abs(theta)
+        loss = lambda x: fast_np.objective(x, net, window, Z)  # noqa: E731
+    else:
+        entries = [tuple(rng.integers(s) for s in Z.shape) for _ in range(8)] + [(0, 1, 124), (1, 2, 125), (0, 0, 80)]
+        x0, step = Z, np.full(Z.shape, 1e-8)
+        loss = lambda x: sum(fast_np.losses(net.with_theta(theta), window, x))  # noqa: E731
+    for idx in entries:
+        xp, xm = x0.copy(), x0.copy()
+        xp[idx] += step[idx]
+        xm[idx] -= step[idx]
+        fd = (loss(xp) - loss(xm)) / (2 * step[idx])
+        np.testing.assert_allclose(grad.numpy()[idx], fd, rtol=1e-5, atol=1e-6, err_msg=f"d/d{wrt}{idx}")
+
+
+@pytest.mark.parametrize("group", range(4))
+def test_truth_beats_scaled_parameters_on_the_dataset(group):
+    """Default window of the shipped dataset, true activity: scaling one parameter group (amem, J, rp
+    or ft) by 0.7 or 1.3 raises the loss."""
+    window = neulvm.load_window(DATASET)
+    truth, Z = window.net.theta, np.clip(window.Z_true, 1e-5, 1.0)
+    model = MesoModel(window, truth, Z)
+    best = sum(model.losses())
+    for factor in (0.7, 1.3):
+        theta = truth.copy()
+        theta[group * 3:(group + 1) * 3] *= factor
+        assert sum(model.losses(theta=theta)) > best, (group, factor)
+
+
+def test_public_losses_reject_bad_input():
+    net, window, theta, Z = random_case(seed=9, T=20, K=30)
+    for bad_theta in (theta[:5], np.where(np.arange(12) == 3, np.nan, theta)):
+        with pytest.raises(ValueError, match="theta"):
+            neulvm.losses(bad_theta, window, Z, backend="numpy")
+    for bad_Z in (Z[..., :5], np.where(Z > 0.02, np.nan, Z), Z + 2.0):
+        with pytest.raises(ValueError, match="Z must"):
+            neulvm.losses(theta, window, bad_Z, backend="numpy")

@@ -1,0 +1,184 @@
+"""Speed and memory of the neuLVM likelihood and of the free simulation, each next to the sequential
+numpy loop (src/fast_np.py) measured in the same run.
+
+    python bench/bench_likelihood.py --threads 1           # everything (~5 min on 2 cores); the fast setting
+    python bench/bench_likelihood.py                       # TensorFlow's default threads
+    python bench/bench_likelihood.py --long /tmp/rec100.npz   # reuse the 102 s recording
+
+The long recording (102 s, for the 10/30/100 s windows) is made with the microscopic simulator if
+the file is missing: `python -m src.microsim --out /tmp/rec100.npz --duration 102 --seed 3`.
+Times are wall-clock medians (and minima, the cost of the code when nobody else runs) after one
+compiling call; the load average is printed with them, since other processes share the cores.
+Peak memory (ru_maxrss) is measured in a fresh subprocess per configuration, next to the same
+process's baseline (imports and data only).
+"""
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+# defaults
+DATASET = ROOT / "dataset" / "3pop_noinput_small.npz"   # shipped 11 s recording: the default window
+LONG = "/tmp/rec100.npz"        # 102 s recording for the 10, 30 and 100 s windows
+LONG_SEED = 3                   # seed of the microscopic simulation that makes it
+REPEATS = 21                    # timed calls per figure on the default window (median reported)
+REPEATS_LONG = 5                # timed calls per window in the time-vs-T series
+NUMPY_REPEATS = 3               # calls of the sequential numpy loop per figure
+T_SERIES = (10.0, 30.0, 100.0)  # window lengths (s) of the time-vs-T series
+SIM_SECONDS = 100.0             # length of the free simulation (s)
+SIM_SEED = 1
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow intra-op threads (0: TensorFlow's default; 1 is fastest, see src/LIFmesoCell.py)")
+    p.add_argument("--long", default=LONG, help=f"102 s recording (made if missing; default {LONG})")
+    p.add_argument("--child", nargs=2, metavar=("WHAT", "SECONDS"), help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def load():
+    return os.popen("uptime").read().strip().split("load average:")[-1].strip()
+
+
+def timed(f, repeats):
+    """Wall seconds of `repeats` calls after one warm-up call: (median, min, first call, median CPU
+    seconds of this process per call, all threads; CPU < wall: waiting for the cores, CPU > wall:
+    both cores used)."""
+    start = time.perf_counter()
+    f()
+    first = time.perf_counter() - start
+    walls, cpus = ([first], [np.nan]) if repeats == 0 else ([], [])
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        f()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return float(np.median(walls)), float(min(walls)), first, float(np.median(cpus))
+
+
+def window_of(path, seconds):
+    from src import neulvm
+    if seconds is None:
+        return neulvm.load_window(str(path))
+    return neulvm.load_window(str(path), trial_length=seconds, t_perbatch=seconds, end_timepoint=1.0 + seconds)
+
+
+def configure_threads(n):
+    """n intra-op threads (the inter-op threads, which run the time chunks concurrently, keep their default)."""
+    if n:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+
+
+def child(what, seconds, args):
+    """One configuration in a fresh process: print the peak resident memory (MiB) once the data and
+    the model are loaded (the baseline), and after one evaluation (including XLA's compilation)."""
+    from src import fast_np
+    window = window_of(args.long, seconds)
+    Z = np.clip(window.Z_true, 1e-5, 1)
+    if what == "numpy":
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # MiB (Linux reports KiB)
+        fast_np.losses(window.net, window, Z)
+    else:
+        configure_threads(args.threads)
+        from src.LIFmesoCell import MesoModel
+        model = MesoModel(window, window.net.theta, Z)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        model.value_and_grad(what)[2].numpy()
+    print(f"{base:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+def peak_memory(what, seconds, args):
+    cmd = [sys.executable, __file__, "--child", what, str(seconds), "--long", args.long, "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def main():
+    args = parse()
+    if args.child:
+        what, seconds = args.child
+        return child(what, float(seconds), args)
+    print(f"{os.cpu_count()} cores, intra-op threads {args.threads or 'default'}; load average at start: {load()}")
+    if not os.path.exists(args.long):
+        print(f"\nmaking {args.long} with the microscopic simulator (102 s, seed {LONG_SEED}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "src.microsim", "--out", args.long, "--duration", "102",
+                        "--seed", str(LONG_SEED)], cwd=ROOT, check=True, capture_output=True)
+    # first, while this process is small: a child's ru_maxrss starts at its parent's peak (Linux keeps
+    # the larger of the two across fork and exec)
+    print(f"peak resident memory (ru_maxrss) on the {T_SERIES[-1]:g} s window, each in a fresh process "
+          f"(baseline = imports and data):")
+    peaks = {what: peak_memory(what, T_SERIES[-1], args) for what in ("numpy", "Z", "theta")}
+    for what, (base, peak) in peaks.items():
+        label = "numpy loop, loss" if what == "numpy" else f"TF loss + gradient wrt {what}"
+        print(f"  {label:28s}: peak {peak:7.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})  "
+              f"{peak / peaks['numpy'][1]:.2f}x the numpy loop's peak   load {load()}")
+
+    configure_threads(args.threads)
+    import tensorflow as tf
+    from src import fast_np, neulvm
+    from src.LIFmesoCell import MesoModel
+    print(f"\nTensorFlow {tf.__version__}, numpy {np.__version__}")
+
+    # -- the default window: loss + gradient, against the numpy loop ---------------------------
+    window = window_of(DATASET, None)
+    Z, theta = np.clip(window.Z_true, 1e-5, 1), window.net.theta
+    n_grad_Z = 2 * window.B * window.M * window.T + 1      # evaluations of a central-difference gradient in Z
+    n_grad_theta = theta.size + 1                           # forward differences, as the original M-step
+    print(f"\ndefault window: B={window.B}, M={window.M}, T={window.T} bins, K={window.K} ages, "
+          f"{window.M * window.Nobs} observed neurons")
+    np_med, np_min, _, _ = timed(lambda: fast_np.losses(window.net, window, Z), NUMPY_REPEATS)
+    print(f"  numpy loop (src/fast_np.losses), loss only:   median {np_med * 1e3:7.1f} ms  (min {np_min * 1e3:.1f})"
+          f"   load {load()}")
+    model = MesoModel(window, theta, Z)
+    for wrt, n_eval in (("Z", n_grad_Z), ("theta", n_grad_theta)):
+        med, fastest, first, cpu = timed(lambda: model.value_and_grad(wrt)[2].numpy(), REPEATS)
+        print(f"  TF loss + gradient wrt {wrt:5s}:               median {med * 1e3:7.1f} ms  (min {fastest * 1e3:.1f}, "
+              f"CPU {cpu * 1e3:.1f}; first call with compilation {first:.1f} s)   load {load()}")
+        print(f"      vs one numpy loss: {np_med / med:6.1f}x;  vs a finite-difference gradient with the numpy loop "
+              f"({n_eval} losses, {n_eval * np_med:.4g} s): {n_eval * np_med / med:.3g}x")
+    med, fastest, _, cpu = timed(model.losses, REPEATS)
+    print(f"  TF loss only:                              median {med * 1e3:7.1f} ms  (min {fastest * 1e3:.1f}, "
+          f"CPU {cpu * 1e3:.1f})  {np_med / med:.1f}x the numpy loop")
+
+    # -- free simulation of 100 s ----------------------------------------------------------------
+    net = window.net
+    sim_med, sim_min, sim_first, _ = timed(lambda: neulvm.simulate(net, SIM_SECONDS, seed=SIM_SEED), 3)
+    T_sim, K_sim = int(round(SIM_SECONDS / neulvm.DT)), int(round(neulvm.A_CUTOFF / neulvm.DT))
+    start = time.perf_counter()
+    fast_np.simulate(net, neulvm.DT, K_sim, T_sim, net.init_rates[None], np.random.default_rng(SIM_SEED), Nobs=3)
+    np_sim = time.perf_counter() - start
+    print(f"\nfree simulation of {SIM_SECONDS:g} s ({T_sim} bins, 3 observed neurons per population):")
+    print(f"  TF (src/neulvm.simulate): median {sim_med:.2f} s (min {sim_min:.2f}; first call with compilation "
+          f"{sim_first:.2f} s);  numpy loop (src/fast_np.simulate) {np_sim:.2f} s: {np_sim / sim_med:.1f}x   load {load()}")
+
+    # -- longer windows: time vs T ---------------------------------------------------------------
+    print(f"\ntime vs window length ({args.long}, loss + gradient wrt Z; numpy: one loss):")
+    per_second = []
+    for seconds in T_SERIES:
+        w = window_of(args.long, seconds)
+        Zw = np.clip(w.Z_true, 1e-5, 1)
+        m = MesoModel(w, w.net.theta, Zw)
+        med, fastest, _, cpu = timed(lambda: m.value_and_grad("Z")[2].numpy(), REPEATS_LONG)
+        np_t = timed(lambda: fast_np.losses(w.net, w, Zw), 0)[0]
+        per_second.append(med / seconds)
+        print(f"  {seconds:5.0f} s (T={w.T:6d}): TF median {med * 1e3:7.1f} ms (min {fastest * 1e3:.1f}, CPU {cpu * 1e3:.0f}) = "
+              f"{med / seconds * 1e3:5.2f} ms per s of window;  numpy loss {np_t:.2f} s: {np_t / med:.1f}x   load {load()}")
+    print(f"  ms per s of window, 100 s / 10 s: {per_second[-1] / per_second[0]:.2f} (1 = linear in T)")
+
+    print(f"\nload average at the end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
