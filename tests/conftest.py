@@ -6,6 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+from src.network import winner_take_all
+from src.window import Window
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
@@ -17,3 +20,17 @@ def _seed_everything():
         tf.random.set_seed(0)
     except ImportError:
         pass
+
+
+def random_case(seed, B=1, Nobs=3, T=50, K=60, with_input=False, silent_neuron=False, dt=0.004):
+    """A random window for the likelihood tests: theta in [0.4, 2] x truth, Z in [1e-5, 0.05]."""
+    rng = np.random.default_rng(seed)
+    net = winner_take_all()
+    y = (rng.random((B, net.M, Nobs, K + T)) < 0.05).astype(float)
+    if silent_neuron:
+        y[0, 0, 0, :K] = 0.0           # no spike in the history: its age starts at the history length
+    I_ext = rng.normal(0, 5, (B, net.M, T)) if with_input else np.zeros((B, net.M, T))
+    window = Window(net=net, dt=dt, K=K, y=y, I_ext=I_ext)
+    theta = net.theta * rng.uniform(0.4, 2.0, 4 * net.M)
+    Z = rng.uniform(1e-5, 0.05, (B, net.M, T))
+    return net, window, theta, Z

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from src import fast_np, neulvm
 from src.LIFmesoCell import MesoModel, linear_filter, time_chunks
-from tests.likelihood_cases import random_case
+from tests.conftest import random_case
 
 DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", "3pop_noinput_small.npz")
 RTOL_VALUE = 1e-9   # float64: the two computations differ only in the order of sums
