@@ -225,6 +225,17 @@ def _nest_run(nest, recorders, n_steps, h):
     return counts
 
 
+def _record_and_run(nest, name, pops, n_steps, h, start):
+    """Record each population's spikes, run n_steps and return the PeerRun (build time from start)."""
+    recorders = [nest.Create("spike_recorder") for _ in pops]
+    for pop, rec in zip(pops, recorders):
+        nest.Connect(pop, rec)
+    built, cpu = time.perf_counter(), time.process_time()
+    counts = _nest_run(nest, recorders, n_steps, h)
+    return PeerRun(name, counts, h, built - start, time.perf_counter() - built, nest.__version__,
+                   time.process_time() - cpu)
+
+
 def nest_micro(network, duration, seed, I_ext=None, h=H):
     """The microscopic network in NEST (`gif_psc_exp`, one thread) for `duration` s. Returns a PeerRun.
 
@@ -249,13 +260,7 @@ def nest_micro(network, duration, seed, I_ext=None, h=H):
         pops.append(pop)
     _nest_connect(nest, network, pops, pops, h, {"rule": "all_to_all", "allow_autapses": True})
     _nest_inputs(nest, network, I_ext, pops, h)
-    recorders = [nest.Create("spike_recorder") for _ in range(network.M)]
-    for pop, rec in zip(pops, recorders):
-        nest.Connect(pop, rec)
-    built, cpu = time.perf_counter(), time.process_time()
-    counts = _nest_run(nest, recorders, n_steps, h)
-    return PeerRun("nest_micro", counts, h, built - start, time.perf_counter() - built, nest.__version__,
-                   time.process_time() - cpu)
+    return _record_and_run(nest, "nest_micro", pops, n_steps, h, start)
 
 
 def nest_meso(network, duration, seed, I_ext=None, h=H, binomial=True):
@@ -274,13 +279,7 @@ def nest_meso(network, duration, seed, I_ext=None, h=H, binomial=True):
         "len_kernel": -1, "BinoRand": bool(binomial), **NO_ADAPTATION}) for a in range(network.M)]
     _nest_connect(nest, network, pops, pops, h, {"rule": "all_to_all"})
     _nest_inputs(nest, network, I_ext, pops, h)
-    recorders = [nest.Create("spike_recorder") for _ in range(network.M)]
-    for pop, rec in zip(pops, recorders):
-        nest.Connect(pop, rec)
-    built, cpu = time.perf_counter(), time.process_time()
-    counts = _nest_run(nest, recorders, n_steps, h)
-    return PeerRun("nest_meso", counts, h, built - start, time.perf_counter() - built, nest.__version__,
-                   time.process_time() - cpu)
+    return _record_and_run(nest, "nest_meso", pops, n_steps, h, start)
 
 
 # ---------------------------------------------------------------- Brian2
