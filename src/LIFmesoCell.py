@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .fast_np import HAZARD_FLOOR, LOG_HAZARD_MAX, LOG_2PI, S0_SUBSTEPS, VAR_FLOOR, stationary_start
+from .fast_np import HAZARD_FLOOR, LOG_HAZARD_MAX, LOG_2PI, S0_SUBSTEPS, SMALL_X, VAR_FLOOR, stationary_start
 from .window import Window, refractory_bins
 
 TIME_CHUNKS = 2           # the grid is cut along time into this many chunks, computed concurrently (2 cores)
@@ -65,6 +65,16 @@ def linear_filter(a, x):
 def _escape(V, ft, refractory, dt):
     lam = tf.where(refractory, tf.constant(HAZARD_FLOOR, V.dtype), tf.exp(tf.minimum(V - ft, LOG_HAZARD_MAX)))
     return lam, -tf.math.expm1(-lam * dt)
+
+
+def _log_fire_probability(V, ft, refractory, dt):
+    """log(1 - exp(-lam*dt)) without underflow, as src.fast_np.log_fire_probability (both where
+    branches are finite, so the gradient is too)."""
+    log_lam = tf.where(refractory, tf.constant(np.log(HAZARD_FLOOR), V.dtype), tf.minimum(V - ft, LOG_HAZARD_MAX))
+    x = tf.exp(log_lam) * dt
+    small = x < SMALL_X
+    return tf.where(small, log_lam + np.log(dt) - x / 2,
+                    tf.math.log(-tf.math.expm1(-tf.where(small, tf.ones_like(x), x))))
 
 
 def _add_to_slice(acc, x, start):
@@ -324,8 +334,9 @@ class MesoModel:
         V_obs = (F[:, :, None, :] - tf.pow(q[None, :, None, :], self._obs_n) * F_obs
                  + self._obs_init_mask * q_t1[None, :, None, :] * V0_obs)
         V_obs = tf.where(self._obs_refractory, tf.zeros((), self.dtype), V_obs)
-        lam_obs, P_obs = _escape(V_obs, ft_[None, :, None, :], self._obs_refractory, dt)
-        logp_y = self._y * tf.math.log(P_obs) - (1 - self._y) * lam_obs * dt
+        lam_obs, _ = _escape(V_obs, ft_[None, :, None, :], self._obs_refractory, dt)
+        logP_obs = _log_fire_probability(V_obs, ft_[None, :, None, :], self._obs_refractory, dt)
+        logp_y = self._y * logP_obs - (1 - self._y) * lam_obs * dt
 
         n = tf.cast(B * M * T, self.dtype)
         return -tf.reduce_sum(logp_y) / n, tf.reduce_sum(nll_Z) / n
@@ -350,7 +361,7 @@ class MesoModel:
         if "stages" in self._compiled:
             return self._compiled["stages"]
         w = self.window
-        xla_function = lambda f: tf.function(f, jit_compile=True)  # noqa: E731
+        xla_function = lambda f: tf.function(f, jit_compile=True, autograph=False)  # noqa: E731
 
         def inputs(theta, Z):
             F, q, ft, V0, S0, Z_full = self._inputs(theta, Z)
@@ -412,7 +423,7 @@ class MesoModel:
                                for chunk, (_, S_grid), sum_grads in zip(chunks, forwards, grads[5])]
                 d_theta, d_Z = stages["chain"](theta, Z, grads[:5], chunk_grads)
                 return loss_y, loss_Z, d_theta if wrt == "theta" else d_Z
-            self._compiled[wrt] = tf.function(run)
+            self._compiled[wrt] = tf.function(run, autograph=False)
         return self._compiled[wrt]
 
     def losses(self, theta=None, Z=None):

@@ -17,6 +17,7 @@ from .window import Window
 
 HAZARD_FLOOR = 1e-8     # escape rate of a refractory cohort (1/s)
 LOG_HAZARD_MAX = 80.0   # cap on V - ft: keeps exp() finite in float32; exp(80)*dt already gives P = 1
+SMALL_X = 1e-6          # below this lam*dt, log P comes from its series (log P underflows near V - ft = -745)
 VAR_FLOOR = 0.1         # additive variance of the transition density, in units of dt / N
 S0_SUBSTEPS = 16        # midpoints per bin in the quadrature of the initial survival
 LOG_2PI = np.log(2 * np.pi)
@@ -26,6 +27,15 @@ def escape(V, ft, refractory, dt):
     """Escape rate lam (1/s) and firing probability P = 1 - exp(-lam*dt), computed without cancellation."""
     lam = np.where(refractory, HAZARD_FLOOR, np.exp(np.minimum(V - ft, LOG_HAZARD_MAX)))
     return lam, -np.expm1(-lam * dt)
+
+
+def log_fire_probability(V, ft, refractory, dt):
+    """log P, P = 1 - exp(-lam*dt), finite however negative V - ft is: below x = lam*dt = SMALL_X it is
+    log(x) - x/2 (error x^2/24 < 1e-13) with log(x) = V - ft + log(dt) taken without exponentiating."""
+    log_lam = np.where(refractory, np.log(HAZARD_FLOOR), np.minimum(V - ft, LOG_HAZARD_MAX))
+    x = np.exp(log_lam) * dt
+    small = x < SMALL_X
+    return np.where(small, log_lam + np.log(dt) - x / 2, np.log(-np.expm1(-np.where(small, 1.0, x))))
 
 
 def stationary_start(net, A0, dt, n_ages):
@@ -93,12 +103,13 @@ class BinStep:
         return np.clip(Zbar, 0.0, 1.0), lam
 
     def observed(self, h):
-        """The observed neurons' escape rate and firing probability in this bin, (B, M, Nobs) each."""
+        """The observed neurons' escape rate, firing probability and its log in this bin, (B, M, Nobs) each."""
         net, dt = self.net, self.dt
         self.V_obs = self.V_obs + dt * (net.amem[:, None] * (net.rp[:, None] - self.V_obs) + h[..., None])
         refractory = self.obs_age < self.R
         self.V_obs[refractory] = 0.0
-        return escape(self.V_obs, net.ft[:, None], refractory, dt)
+        lam, P = escape(self.V_obs, net.ft[:, None], refractory, dt)
+        return lam, P, log_fire_probability(self.V_obs, net.ft[:, None], refractory, dt)
 
     def advance(self, lam, y_obs):
         """End of the bin: cohorts age by one bin (a new one enters at V = 0, S = 1, the oldest drops
@@ -136,8 +147,8 @@ def losses(net, window: Window, Z):
         Z_past = Z_full[..., t:w.K + t][..., ::-1]                                 # Z(t-1-k), k = 0..K-1
         Zbar, lam = step.cohorts(h, Z_past)
         nll_Z[..., t] = gaussian_nll(Z[..., t], Zbar, net.N, w.dt)
-        lam_obs, P_obs = step.observed(h)
-        logp_y[..., t] = np.where(y[..., t] > 0, np.log(P_obs), -lam_obs * w.dt)
+        lam_obs, _, logP_obs = step.observed(h)
+        logp_y[..., t] = np.where(y[..., t] > 0, logP_obs, -lam_obs * w.dt)
         step.advance(lam, y[..., t])
     n = w.B * w.M * w.T
     return -logp_y.sum() / n, nll_Z.sum() / n
@@ -166,7 +177,7 @@ def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
         h = step.drive(Z_full[..., K + t - 1], I_ext[..., t], first=(t == 0))
         Zbar, lam = step.cohorts(h, Z_full[..., t:K + t][..., ::-1])
         Z_full[..., K + t] = np.maximum(Zbar + np.sqrt(Zbar / net.N) * rng.standard_normal((B, M)), 0.0)
-        _, P_obs = step.observed(h)
+        _, P_obs, _ = step.observed(h)
         spikes[..., t] = rng.random(P_obs.shape) < P_obs
         step.advance(lam, spikes[..., t])
     return Z_full[..., K:], spikes

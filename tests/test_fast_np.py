@@ -38,6 +38,21 @@ def test_escape_probability_is_stable(V):
     np.testing.assert_allclose(P_ref, fast_np.HAZARD_FLOOR * dt, rtol=1e-7)   # refractory: floor rate
 
 
+def test_log_fire_probability_is_finite_and_exact():
+    """log P against scipy's logcdf of the exponential waiting time where that is finite (V - ft down to
+    -700, across the switch to the series at lam*dt = SMALL_X), and against log(lam*dt) below."""
+    dt, ft = 0.004, 3.7
+    V = ft + np.concatenate([np.linspace(-700, 5, 2001), np.log(fast_np.SMALL_X / dt) + [-1e-9, 0, 1e-9]])
+    logP = fast_np.log_fire_probability(V, ft, np.zeros(V.shape, bool), dt)
+    expected = stats.expon(scale=1 / np.exp(V - ft)).logcdf(dt)
+    np.testing.assert_allclose(logP, expected, rtol=1e-12)
+    deep = ft + np.array([-746.0, -1e4, -1e8])                  # exp(V - ft) underflows to 0 here
+    np.testing.assert_allclose(fast_np.log_fire_probability(deep, ft, np.zeros(3, bool), dt),
+                               deep - ft + np.log(dt), rtol=1e-15)
+    refractory = fast_np.log_fire_probability(np.array([5.0]), ft, np.array([True]), dt)
+    np.testing.assert_allclose(refractory, np.log(fast_np.HAZARD_FLOOR * dt), rtol=1e-12)
+
+
 @pytest.mark.parametrize("Zbar", [1e-6, 0.01, 0.5, 1.0])
 def test_gaussian_nll_matches_scipy(Zbar):
     N, dt = 400, 0.004
