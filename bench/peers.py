@@ -4,6 +4,7 @@
     python bench/peers.py --brian2_python /tmp/brian2-env/bin/python   # and Brian2, under that interpreter
     python bench/peers.py --duration 40 --only ours_meso nest_meso     # a quick look
     python bench/peers.py --duration 300 --seed 11 --only ours_micro_nestJ   # ours with NEST's per-spike effect
+    python bench/peers.py --only ours_meso nest_meso --meso_dt 0.0005  # both mesoscopic models at one step
 
 Needs `pip install -r requirements-peers.txt` (NEST). Brian2 runs in this process when it imports
 here, otherwise under --brian2_python (an environment with numpy < 2.4 and brian2 2.9, see README),
@@ -54,9 +55,9 @@ def run_ours_micro(net, duration, seed):
             "src " + __version__)
 
 
-def run_ours_meso(net, duration, seed):
+def run_ours_meso(net, duration, seed, dt=neulvm.DT):
     start, cpu = time.perf_counter(), time.process_time()
-    sim = neulvm.simulate(net, duration, seed)
+    sim = neulvm.simulate(net, duration, seed, dt=dt, Nobs=0)
     return (sim["Z"] * net.N[:, None], sim["dt"], 0.0, time.perf_counter() - start, time.process_time() - cpu,
             "src " + __version__)
 
@@ -78,8 +79,8 @@ def run_brian2(net, duration, seed, brian2_python):
     return peer.pop_spike_counts, peer.h, peer.wall_build, peer.wall_run, peer.cpu_run, "brian2 " + peer.version
 
 
-def run_nest(name, net, duration, seed):
-    peer = peers.run(name, net, duration, seed)
+def run_nest(name, net, duration, seed, h=H):
+    peer = peers.run(name, net, duration, seed, h=h)
     return peer.pop_spike_counts, peer.h, peer.wall_build, peer.wall_run, peer.cpu_run, "nest " + peer.version
 
 
@@ -102,6 +103,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=SEED, help=f"seed (default {SEED})")
     p.add_argument("--only", nargs="+", choices=SIMULATORS + DIAGNOSTICS, default=list(SIMULATORS),
                    help="simulators to run (default all but the diagnostic ours_micro_nestJ)")
+    p.add_argument("--meso_dt", type=float, default=None,
+                   help="one step (s) for both mesoscopic models (default: ours at the model's 4 ms, NEST at 0.2 ms); "
+                        "their statistics depend on the step, so this is the like-for-like comparison")
     p.add_argument("--brian2_python", default=None, help="interpreter with Brian2, when it does not import here")
     p.add_argument("--out", default="result/peers_bench.json", help="JSON file of the figures (default result/peers_bench.json)")
     args = p.parse_args(argv)
@@ -117,11 +121,13 @@ def main(argv=None):
                 nestJ = replace(net, J=net.J * peers.nest_coupling_factor(net))
                 counts, h, build, wall, cpu, version = run_ours_micro(nestJ, args.duration, args.seed)
             elif name == "ours_meso":
-                counts, h, build, wall, cpu, version = run_ours_meso(net, args.duration, args.seed)
+                counts, h, build, wall, cpu, version = run_ours_meso(net, args.duration, args.seed,
+                                                                     args.meso_dt or neulvm.DT)
             elif name == "brian2":
                 counts, h, build, wall, cpu, version = run_brian2(net, args.duration, args.seed, args.brian2_python)
             else:
-                counts, h, build, wall, cpu, version = run_nest(name, net, args.duration, args.seed)
+                step = args.meso_dt if name == "nest_meso" and args.meso_dt else H
+                counts, h, build, wall, cpu, version = run_nest(name, net, args.duration, args.seed, step)
         except (ImportError, RuntimeError, subprocess.CalledProcessError) as error:
             print(f"  {name} left out: {error}")
             continue
@@ -167,7 +173,7 @@ def main(argv=None):
             verdict = ""
         print(f"  {key:<50} {value:>6.3f}  {verdict}")
 
-    record = {"config": {"duration_s": args.duration, "seed": args.seed, "skip_s": SKIP, "network": {
+    record = {"config": {"duration_s": args.duration, "seed": args.seed, "skip_s": SKIP, "meso_dt": args.meso_dt, "network": {
         k: np.asarray(v).tolist() for k, v in net.to_dict().items()}},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "src": __version__},
         "results": results, "ratios": ratios}
