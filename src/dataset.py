@@ -18,7 +18,6 @@ never executes code. Keys (format "neuLVM-recording-1"; the likelihood code depe
     delay_steps       synaptic delay in steps (1 = the model's one-step convention)
 """
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.network import Network
-from src.results import NPY_MAGIC, PICKLE_MAGIC, ZIP_MAGIC
+from src.results import atomic_write, open_npz
 
 FORMAT = "neuLVM-recording-1"
 MIN_RECORDED = 30  # recorded neurons per population (fewer only if the population is smaller)
@@ -70,18 +69,7 @@ def save_recording(path, recording):
         input_kind=np.str_(recording.input_kind), conmat=net.conmat, ref_t=np.float64(net.ref_t),
         eps=np.float64(net.eps), delay_steps=np.int64(recording.delay_steps),
         **{name: getattr(net, name) for name in PARAMS})
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_recording(path):
@@ -91,24 +79,7 @@ def load_recording(path):
         raise DatasetError(f"{path}: is a folder, expected a dataset file (.npz)")
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(NPY_MAGIC))
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
-    if magic.startswith(PICKLE_MAGIC):
-        raise DatasetError(f"{path}: is a Python pickle, expected an .npz archive; pickles are never loaded, "
-                           "since loading one can run arbitrary code")
-    if magic.startswith(NPY_MAGIC):
-        raise DatasetError(f"{path}: expected an .npz archive, found a single .npy array")
-    if not magic.startswith(ZIP_MAGIC):
-        raise DatasetError(f"{path}: not a readable .npz archive (the file starts with {magic!r}, "
-                           f"expected a zip file in the format {FORMAT!r})")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DatasetError(f"{path}: not a readable .npz archive, the file is truncated or corrupted "
-                           f"({error})") from None
+    archive = open_npz(path, DatasetError, f"a dataset archive in the format {FORMAT!r}")
     with archive:
         fields = _Fields(path, archive)
         if fields.text("format") != FORMAT:

@@ -37,7 +37,7 @@ class FolderInUse(OSError):
 
 
 # -- writing ----------------------------------------------------------------------------------------
-def _atomic_write(path, write, extension=""):
+def atomic_write(path, write, extension=""):
     """Write through a temporary file in the same folder, then rename: the file is complete or absent.
 
     write(f) gets an open binary file, or, with extension (".png"), the temporary path itself
@@ -77,13 +77,13 @@ def save_arrays(path, **arrays):
             raise TypeError(f"{key}: only arrays, numbers and strings can be saved, got {type(value).__name__}")
         if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
             raise ValueError(f"{path}: refusing to write {key!r}, it contains NaN or infinite values")
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_figure(path, plot, *args, **kwargs):
     """Call plot(temporary_path, *args, **kwargs) (e.g. src.plots.plot_activity), then rename the
     figure to path: a killed run never leaves a truncated image."""
-    _atomic_write(path, lambda tmp: plot(tmp, *args, **kwargs), extension=os.path.splitext(path)[1])
+    atomic_write(path, lambda tmp: plot(tmp, *args, **kwargs), extension=os.path.splitext(path)[1])
 
 
 def save_json(path, obj):
@@ -92,7 +92,7 @@ def save_json(path, obj):
         text = json.dumps(obj, indent=1, default=_plain, allow_nan=False)
     except ValueError as error:
         raise ValueError(f"{path}: refusing to write NaN or infinite values ({error})") from None
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def remove_temporaries(folder):
@@ -104,6 +104,28 @@ def remove_temporaries(folder):
 
 
 # -- reading ----------------------------------------------------------------------------------------
+def open_npz(path, error=ResultFileError, what="a neuLVM result archive"):
+    """np.load of an .npz archive with allow_pickle=False, once the file's first bytes show a zip
+    file: a pickle, a single .npy array, a foreign or a damaged file raises `error` naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if magic.startswith(PICKLE_MAGIC):
+        raise error(f"{path}: is a Python pickle, expected {what}; pickles are never loaded, since loading "
+                    "one can run arbitrary code")
+    if magic.startswith(NPY_MAGIC):
+        raise error(f"{path}: expected {what}, found a single .npy array")
+    if not magic.startswith(ZIP_MAGIC):
+        raise error(f"{path}: not a readable .npz archive (expected {what}; the file starts with {magic!r})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise error(f"{path}: not a readable .npz archive, the file is truncated or corrupted ({e})") from None
+
+
 def load_arrays(path):
     """Read a file written by save_arrays into a dict of arrays (0-d arrays become numbers/strings).
 
@@ -111,18 +133,7 @@ def load_arrays(path):
     file, a pickle, or an archive member that holds pickled objects; nothing in the file is run."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(len(NPY_MAGIC))
-    except OSError as error:
-        raise ResultFileError(f"{path}: cannot read the result file ({error.strerror or error})") from None
-    if magic.startswith(PICKLE_MAGIC):
-        raise ResultFileError(f"{path}: is a Python pickle, not a neuLVM result archive; pickles are never "
-                              "loaded, since loading one can run arbitrary code")
-    if not magic.startswith(ZIP_MAGIC):
-        raise ResultFileError(f"{path}: not a neuLVM result archive (expected an .npz/zip file, "
-                              f"the file starts with {magic!r})")
-    try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path) as data:
             out = {}
             for key in data.files:
                 try:
