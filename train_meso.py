@@ -344,6 +344,7 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
     summary.update({
         "options": dataclasses.asdict(opt), "run_folder": folder, "seed": opt.train_Noinit,
         "dataset": {"path": opt.dataset, "seed": rec.seed, "version": rec.version},
+        "network": net.to_dict(),                 # the recording's network: the fixed parameters and the truth
         "theta_names": [f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(net.M)],
         "theta_true": net.theta, "prior_centre": centre, "theta_init": theta_init,
         "versions": {"neulvm": __version__, "python": platform.python_version(), "numpy": np.__version__,

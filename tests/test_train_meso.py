@@ -11,6 +11,7 @@ import pytest
 
 import train_meso
 from src import neulvm
+from src.dataset import load_recording
 from src.em import m_step
 from src.LIFmesoCell import MesoModel
 from src.results import load_arrays
@@ -56,6 +57,9 @@ def test_end_to_end_files_and_monotone_loss(tmp_path):
         on_disk = json.load(f)
     np.testing.assert_array_equal(on_disk["theta_init"], init["theta"])
     np.testing.assert_array_equal(on_disk["theta_final"], load_arrays(os.path.join(folder, f"minimizor_result_{last}"))["x"])
+    # the fixed parameters of the fit are recorded with it (those of the recording)
+    for key, value in load_recording(DATASET).network.to_dict().items():
+        np.testing.assert_array_equal(on_disk["network"][key], value, err_msg=key)
     assert on_disk["finished"] and on_disk["final_loss"] == pytest.approx(steps[-1]["loss"], rel=1e-12)
     with open(os.path.join(folder, "train.log")) as f:
         log = f.read()
