@@ -8,7 +8,8 @@
 
 The best run is the one with the lowest final loss (src/runs.py); --run picks one (a run name in
 --result_dir, or the path of a run folder). The model is rebuilt from the run alone: the fitted theta
-and dt, a_cutoff from its summary.json, the fixed parameters (N, asyn, conmat, ref_t, eps, initial
+and its scheme, dt and a_cutoff from its summary.json (a run of the earlier format, without a scheme,
+is forward Euler: said once), the fixed parameters (N, asyn, conmat, ref_t, eps, initial
 rates) from the recording it was fitted to (if that file is gone: the winner-take-all network of
 model.md, with a note). Writes into the run folder:
     simulation_{input}_seed{seed}.png and .svg   population activity as spike counts per bin, smoothed,
@@ -24,7 +25,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import src  # noqa: F401  (imported before TensorFlow, it quiets it: src/__init__.py)
 
 PROG = "simulate_with_trainedparams.py"
 
@@ -223,36 +224,36 @@ def simulate(opt, argv):
     from src import __version__, neulvm
     from src.microsim import dominance
     from src.results import save_json
-    from src.runs import parameter_table
+    from src.runs import fit_discretisation, parameter_table
 
     # -- the fitted model ------------------------------------------------------------------------
     folder, summary = pick_run(opt)
     name = os.path.basename(os.path.normpath(folder))
     net, source = fitted_network(summary)
-    o = summary["options"]
-    dt, a_cutoff = o["dt"], o["a_cutoff"]
+    scheme, dt, a_cutoff = fit_discretisation(summary, os.path.join(folder, "summary.json"))
     print(parameter_table({name: summary}))
-    print(f"run {folder}: final loss {summary['final_loss']:.6f}; {source}")
+    print(f"run {folder}: final loss {summary['final_loss']:.6f}; scheme {scheme}, dt {dt * 1e3:g} ms, "
+          f"age cutoff {a_cutoff:g} s; {source}")
 
     # -- free simulation ------------------------------------------------------------------------
     T = int(round(opt.duration / dt))
     I_ext = external_input(opt, net.M, T, dt)
-    sim = neulvm.simulate(net, T * dt, opt.seed, I_ext=I_ext, dt=dt, a_cutoff=a_cutoff)
+    sim = neulvm.simulate(net, T * dt, opt.seed, I_ext=I_ext, dt=dt, a_cutoff=a_cutoff, scheme=scheme)
     rates = sim["A"].mean(axis=1)
     switches = dominance(sim["Z"] * net.N[:, None], net.N, dt)[1] if net.M >= 2 else np.array([])
 
     # -- save -----------------------------------------------------------------------------------
     base = os.path.join(folder, f"simulation_{opt.input}_seed{opt.seed}")
     title = (f"{name} (final loss {summary['final_loss']:.5f}): free simulation, {opt.duration:g} s, "
-             f"seed {opt.seed}, input {opt.input}\ntheta (amem, J, rp, ft) = "
+             f"seed {opt.seed}, input {opt.input}, scheme {scheme}, dt {dt * 1e3:g} ms\ntheta (amem, J, rp, ft) = "
              + " ".join(f"{x:.3g}" for x in net.theta))
     plot(base, sim, net, title, opt.smooth)
     import matplotlib
     import scipy
     save_json(base + ".json", {
         "run": folder, "final_loss": summary["final_loss"], "theta": net.theta, "theta_names": summary["theta_names"],
-        "fixed_parameters": source, "seed": opt.seed, "options": dataclasses.asdict(opt), "dt": dt,
-        "a_cutoff": a_cutoff, "command": f"python {PROG} {shlex.join(argv)}", "mean_rates_Hz": rates,
+        "fixed_parameters": source, "seed": opt.seed, "options": dataclasses.asdict(opt), "scheme": scheme,
+        "dt": dt, "a_cutoff": a_cutoff, "command": f"python {PROG} {shlex.join(argv)}", "mean_rates_Hz": rates,
         "E_switch_times_s": switches,
         "versions": {"neulvm": __version__, "python": platform.python_version(), "numpy": np.__version__,
                      "scipy": scipy.__version__, "matplotlib": matplotlib.__version__}})

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from src.fast_np import SCHEMES   # importing src first also quiets TensorFlow (src/__init__.py)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Options:
     t_perbatch: float = 10.0       # s per batch; B = trial_length / t_perbatch
     end_timepoint: float = 11.0    # s, end of the fitted window in the recording
     dt: float = 0.004              # s, mesoscopic time bin
+    scheme: str = "exact"          # integrator of the potentials over a bin: exact or euler (model.md 3.2)
     M: int = 3                     # populations
     N: str = ""                    # neurons per population, comma separated (default: the recording's)
     Nsampled: int = 3              # observed neurons per population
@@ -74,6 +75,8 @@ HELP = {
     "trial_length": "length of the fitted window (s)", "with_input": "1: use the recording's input; 0: none",
     "t_perbatch": "length of each batch (s)", "end_timepoint": "end of the window in the recording (s)",
     "dt": "mesoscopic time bin (s)", "M": "number of populations",
+    "scheme": "integrator of the potentials over a bin: exact (leak integrated exactly) or euler (forward "
+              "Euler, the original project's); --resume takes the run's own",
     "N": "neurons per population, comma separated (default: from the recording)",
     "Nsampled": "observed neurons per population", "B": "batches (= trial_length / t_perbatch)",
     "a_cutoff": "age cutoff and history length (s)", "lb": "lower bound of prior and box, x centre",
@@ -154,6 +157,7 @@ def parse_options(argv=None):
         (opt.Mmaxiters >= 1, f"--Mmaxiters must be >= 1, got {opt.Mmaxiters}"),
         (opt.max_EMsteps >= 1, f"--max_EMsteps must be >= 1, got {opt.max_EMsteps}"),
         (opt.method in BOUNDED_METHODS, f"--method must be one of {', '.join(BOUNDED_METHODS)}, got {opt.method!r}"),
+        (opt.scheme in SCHEMES, f"--scheme must be one of {', '.join(SCHEMES)}, got {opt.scheme!r}"),
         (opt.mstep_grad in ("exact", "numeric"), f"--mstep_grad must be exact or numeric, got {opt.mstep_grad!r}"),
         (opt.with_input in (0, 1), f"--with_input must be 0 or 1, got {opt.with_input}"),
         (opt.LOG_PER >= 1, f"--LOG_PER must be >= 1, got {opt.LOG_PER}"),
@@ -226,11 +230,13 @@ def check_data(opt, rec):
     return window, centre
 
 
-def read_resume_state(opt, folder, rec, window):
+def read_resume_state(opt, folder, rec, window, scheme_given):
     """What --resume continues from: the previous summary.json and its last complete EM step.
 
-    None if the folder holds no summary.json. ResultFileError or UsageError, before anything is
-    written, if the files are not a run of this kind or the run used other options."""
+    The run continues with its own scheme (opt.scheme is set to it; a run of the earlier format is
+    euler), unless --scheme was given (scheme_given) with another one. None if the folder holds no
+    summary.json. ResultFileError or UsageError, before anything is written, if the files are not a
+    run of this kind or the run used other options."""
     import numpy as np
 
     from src.results import ResultFileError, load_arrays, load_json
@@ -243,6 +249,12 @@ def read_resume_state(opt, folder, rec, window):
     if not isinstance(previous, dict) or any(k not in previous for k in keys):
         raise ResultFileError(f"{path}: not the summary of a train_meso.py run (expected the keys "
                               f"{', '.join(keys)})")
+    from src.runs import fit_discretisation
+    scheme, _, _ = fit_discretisation(previous, path)
+    if scheme_given and opt.scheme != scheme:
+        raise UsageError(f"--resume: --scheme is {opt.scheme!r} but the run in {folder} was fitted with {scheme!r}; "
+                         "resume without --scheme, or start a new run without --resume")
+    opt.scheme = scheme
     for name in RESUME_MUST_MATCH:
         before, now = previous["options"].get(name), getattr(opt, name)
         if before != now:
@@ -285,7 +297,8 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
 
     with folder_lock(folder):
-        state = read_resume_state(opt, folder, rec, window) if opt.resume else None
+        scheme_given = any(a == "--scheme" or a.startswith("--scheme=") for a in argv)
+        state = read_resume_state(opt, folder, rec, window, scheme_given) if opt.resume else None
         removed = remove_temporaries(folder)      # left by a killed writer: never a complete file
         log = logging.getLogger("train_meso")
         log.setLevel(logging.INFO)
@@ -351,6 +364,7 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
                      "scipy": scipy.__version__, "tensorflow": tf.__version__},
         "em_steps": [], "e_history": [], "m_points": [], "finished": False})
     theta, Z, first_step = theta_init, Z_init, 0
+    model_config = {"scheme": opt.scheme, "dt": opt.dt, "a_cutoff": opt.a_cutoff}   # in every result file
     init_path = os.path.join(folder, "init_param")
     if state is not None:
         previous = state["previous"]
@@ -367,21 +381,21 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
         summary["m_points"] = previous["m_points"][:first_step]
         if state["done"]:
             summary.update(theta_final=theta, final_loss=state["done"][-1]["loss"], last_em_step=first_step - 1)
-        log.info(f"resuming {folder} at EM step {first_step}")
+        log.info(f"resuming {folder} at EM step {first_step} (scheme {opt.scheme})")
     else:
         if opt.resume:
             log.info(f"nothing to resume in {folder} (no summary.json): starting the run")
         save_json(os.path.join(folder, "summary.json"), summary)   # first, so --resume never reads an older run's
     if state is None or not os.path.exists(init_path):
         save_arrays(init_path, theta=theta_init, Z=Z_init, seed=opt.train_Noinit, theta_true=net.theta,
-                    prior_centre=centre)
+                    prior_centre=centre, **model_config)
     if not os.path.exists(os.path.join(folder, "init.png")):
         save_figure(os.path.join(folder, "init.png"), plot_activity, window, Z_init, opt.plot_act_smoothw * 1e-3,
                     "data-driven initial estimate")
     check_stop()
-    model = MesoModel(window, theta, Z)
-    log.info(f"{folder}: {window.B} x {window.T} bins of {opt.dt * 1e3:g} ms, {window.Nobs} observed neurons "
-             f"per population, theta_init {fmt(theta_init)}")
+    model = MesoModel(window, theta, Z, opt.scheme)
+    log.info(f"{folder}: {window.B} x {window.T} bins of {opt.dt * 1e3:g} ms ({window.K} age bins, scheme "
+             f"{opt.scheme}), {window.Nobs} observed neurons per population, theta_init {fmt(theta_init)}")
 
     # -- EM -------------------------------------------------------------------------------------
     start = time.time()
@@ -397,7 +411,8 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
             log.warning(f"M-step {e}: a non-finite loss or gradient (evaluation {info_M['nonfinite']}) was "
                         f"rejected; the M-step stopped at its best finite parameters")
         save_arrays(os.path.join(folder, f"minimizor_result_{e}"), x=theta, Z=Z, fun=info_M["loss"],
-                    loss_y=info_M["loss_y"], loss_Z=info_M["loss_Z"], nit=info_M["nit"], nfev=info_M["nfev"])
+                    loss_y=info_M["loss_y"], loss_Z=info_M["loss_Z"], nit=info_M["nit"], nfev=info_M["nfev"],
+                    **model_config)
         log.info(f"M-step {e}: loss {info_M['loss']:.6f} (y {info_M['loss_y']:.6f}, Z {info_M['loss_Z']:.6f}) "
                  f"{info_M['nit']} it {info_M['nfev']} evals {info_M['seconds']:.1f} s | theta {fmt(theta)}")
         m_point = (len(summary["e_history"]), info_M["loss_y"], info_M["loss_Z"])
@@ -421,7 +436,8 @@ def fit(opt, rec, window, centre, folder, state, log, progress):
 
         check_stop()
         progress["at"] = f"the saving of EM step {e}"
-        save_arrays(os.path.join(folder, f"E{e}_est_param"), theta=theta, Z=Z, loss_y=loss_y, loss_Z=loss_Z)
+        save_arrays(os.path.join(folder, f"E{e}_est_param"), theta=theta, Z=Z, loss_y=loss_y, loss_Z=loss_Z,
+                    **model_config)
         log.info(f"E-step {e}: loss {loss_y + loss_Z:.6f} (y {loss_y:.6f}, Z {loss_Z:.6f}) "
                  f"{info_E['steps']} steps {info_E['seconds']:.1f} s")
         em_step = {"em_step": e, "M": dict(info_M), "theta": theta, "loss_y": loss_y, "loss_Z": loss_Z,

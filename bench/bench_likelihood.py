@@ -4,6 +4,7 @@ numpy loop (src/fast_np.py) measured in the same run.
     python bench/bench_likelihood.py --threads 1           # everything (~5 min on 2 cores); the fast setting
     python bench/bench_likelihood.py                       # TensorFlow's default threads
     python bench/bench_likelihood.py --long /tmp/rec100.npz   # reuse the 102 s recording
+    python bench/bench_likelihood.py --threads 1 --only bins  # the schemes at 4 ms, and 2 and 1 ms bins
 
 The long recording (102 s, for the 10/30/100 s windows) is made with the microscopic simulator if
 the file is missing: `python -m src.microsim --out /tmp/rec100.npz --duration 102 --seed 3`.
@@ -20,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -36,6 +36,8 @@ NUMPY_REPEATS = 3               # calls of the sequential numpy loop per figure
 T_SERIES = (10.0, 30.0, 100.0)  # window lengths (s) of the time-vs-T series
 SIM_SECONDS = 100.0             # length of the free simulation (s)
 SIM_SEED = 1
+SCHEME = "exact"                # the default integrator; the "bins" section compares it with euler
+BINS = (0.004, 0.002, 0.001)    # s, the bins of the "bins" section (age cutoff 1 s at each)
 
 
 def parse():
@@ -43,7 +45,8 @@ def parse():
     p.add_argument("--threads", type=int, default=0,
                    help="TensorFlow intra-op threads (0: TensorFlow's default; 1 is fastest, see src/LIFmesoCell.py)")
     p.add_argument("--long", default=LONG, help=f"102 s recording (made if missing; default {LONG})")
-    p.add_argument("--child", nargs=2, metavar=("WHAT", "SECONDS"), help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=("bins",), help="bins: only the schemes at 4 ms and the 2 and 1 ms bins")
+    p.add_argument("--child", nargs=3, metavar=("WHAT", "SECONDS", "DT"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -67,11 +70,12 @@ def timed(f, repeats):
     return float(np.median(walls)), float(min(walls)), first, float(np.median(cpus))
 
 
-def window_of(path, seconds):
+def window_of(path, seconds, dt=0.004):
     from src import neulvm
     if seconds is None:
-        return neulvm.load_window(str(path))
-    return neulvm.load_window(str(path), trial_length=seconds, t_perbatch=seconds, end_timepoint=1.0 + seconds)
+        return neulvm.load_window(str(path), dt=dt)
+    return neulvm.load_window(str(path), trial_length=seconds, t_perbatch=seconds, end_timepoint=1.0 + seconds,
+                              dt=dt)
 
 
 def configure_threads(n):
@@ -81,26 +85,28 @@ def configure_threads(n):
         tf.config.threading.set_intra_op_parallelism_threads(n)
 
 
-def child(what, seconds, args):
+def child(what, seconds, dt, args):
     """One configuration in a fresh process: print the peak resident memory (MiB) once the data and
-    the model are loaded (the baseline), and after one evaluation (including XLA's compilation)."""
+    the model are loaded (the baseline), and after one evaluation (including XLA's compilation).
+    seconds 0: the default window of the shipped dataset."""
     from src import fast_np
-    window = window_of(args.long, seconds)
+    window = window_of(DATASET, None, dt) if seconds == 0 else window_of(args.long, seconds, dt)
     Z = np.clip(window.Z_true, 1e-5, 1)
     if what == "numpy":
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # MiB (Linux reports KiB)
-        fast_np.losses(window.net, window, Z)
+        fast_np.losses(window.net, window, Z, SCHEME)
     else:
         configure_threads(args.threads)
         from src.LIFmesoCell import MesoModel
-        model = MesoModel(window, window.net.theta, Z)
+        model = MesoModel(window, window.net.theta, Z, SCHEME)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         model.value_and_grad(what)[2].numpy()
     print(f"{base:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
-def peak_memory(what, seconds, args):
-    cmd = [sys.executable, __file__, "--child", what, str(seconds), "--long", args.long, "--threads", str(args.threads)]
+def peak_memory(what, seconds, args, dt=0.004):
+    cmd = [sys.executable, __file__, "--child", what, str(seconds), str(dt), "--long", args.long,
+           "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
     return float(out[-2]), float(out[-1])
 
@@ -108,9 +114,11 @@ def peak_memory(what, seconds, args):
 def main():
     args = parse()
     if args.child:
-        what, seconds = args.child
-        return child(what, float(seconds), args)
+        what, seconds, dt = args.child
+        return child(what, float(seconds), float(dt), args)
     print(f"{os.cpu_count()} cores, intra-op threads {args.threads or 'default'}; load average at start: {load()}")
+    if args.only == "bins":
+        return bins(args)
     if not os.path.exists(args.long):
         print(f"\nmaking {args.long} with the microscopic simulator (102 s, seed {LONG_SEED}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "src.microsim", "--out", args.long, "--duration", "102",
@@ -138,10 +146,10 @@ def main():
     n_grad_theta = theta.size + 1                           # forward differences, as the original M-step
     print(f"\ndefault window: B={window.B}, M={window.M}, T={window.T} bins, K={window.K} ages, "
           f"{window.M * window.Nobs} observed neurons")
-    np_med, np_min, _, _ = timed(lambda: fast_np.losses(window.net, window, Z), NUMPY_REPEATS)
+    np_med, np_min, _, _ = timed(lambda: fast_np.losses(window.net, window, Z, SCHEME), NUMPY_REPEATS)
     print(f"  numpy loop (src/fast_np.losses), loss only:   median {np_med * 1e3:7.1f} ms  (min {np_min * 1e3:.1f})"
           f"   load {load()}")
-    model = MesoModel(window, theta, Z)
+    model = MesoModel(window, theta, Z, SCHEME)
     for wrt, n_eval in (("Z", n_grad_Z), ("theta", n_grad_theta)):
         med, fastest, first, cpu = timed(lambda: model.value_and_grad(wrt)[2].numpy(), REPEATS)
         print(f"  TF loss + gradient wrt {wrt:5s}:               median {med * 1e3:7.1f} ms  (min {fastest * 1e3:.1f}, "
@@ -157,7 +165,8 @@ def main():
     sim_med, sim_min, sim_first, _ = timed(lambda: neulvm.simulate(net, SIM_SECONDS, seed=SIM_SEED), 3)
     T_sim, K_sim = int(round(SIM_SECONDS / neulvm.DT)), int(round(neulvm.A_CUTOFF / neulvm.DT))
     start = time.perf_counter()
-    fast_np.simulate(net, neulvm.DT, K_sim, T_sim, net.init_rates[None], np.random.default_rng(SIM_SEED), Nobs=3)
+    fast_np.simulate(net, neulvm.DT, K_sim, T_sim, net.init_rates[None], np.random.default_rng(SIM_SEED), Nobs=3,
+                     scheme=SCHEME)
     np_sim = time.perf_counter() - start
     print(f"\nfree simulation of {SIM_SECONDS:g} s ({T_sim} bins, 3 observed neurons per population):")
     print(f"  TF (src/neulvm.simulate): median {sim_med:.2f} s (min {sim_min:.2f}; first call with compilation "
@@ -169,15 +178,40 @@ def main():
     for seconds in T_SERIES:
         w = window_of(args.long, seconds)
         Zw = np.clip(w.Z_true, 1e-5, 1)
-        m = MesoModel(w, w.net.theta, Zw)
+        m = MesoModel(w, w.net.theta, Zw, SCHEME)
         med, fastest, _, cpu = timed(lambda: m.value_and_grad("Z")[2].numpy(), REPEATS_LONG)
-        np_t = timed(lambda: fast_np.losses(w.net, w, Zw), 0)[0]
+        np_t = timed(lambda: fast_np.losses(w.net, w, Zw, SCHEME), 0)[0]
         per_second.append(med / seconds)
         print(f"  {seconds:5.0f} s (T={w.T:6d}): TF median {med * 1e3:7.1f} ms (min {fastest * 1e3:.1f}, CPU {cpu * 1e3:.0f}) = "
               f"{med / seconds * 1e3:5.2f} ms per s of window;  numpy loss {np_t:.2f} s: {np_t / med:.1f}x   load {load()}")
     print(f"  ms per s of window, 100 s / 10 s: {per_second[-1] / per_second[0]:.2f} (1 = linear in T)")
 
     print(f"\nload average at the end: {load()}")
+
+
+def bins(args):
+    """Both schemes at 4 ms on the default window (same run), then the exact scheme at 2 and 1 ms
+    (the same 10 s of data, 1 s age cutoff: 4 and 16 times the grid), speed and peak memory."""
+    print("peak resident memory of loss + gradient wrt theta, default window, each in a fresh process:")
+    for dt in BINS:
+        base, peak = peak_memory("theta", 0, args, dt)
+        print(f"  dt = {dt * 1e3:g} ms: peak {peak:6.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})   load {load()}")
+    configure_threads(args.threads)
+    from src.LIFmesoCell import MesoModel
+    medians = {}
+    for dt, scheme in [(0.004, "euler"), (0.004, "exact"), (0.002, "exact"), (0.001, "exact")]:
+        window = window_of(DATASET, None, dt)
+        Z = np.clip(window.Z_true, 1e-5, 1)
+        model = MesoModel(window, window.net.theta, Z, scheme)
+        for wrt in ("Z", "theta"):
+            repeats = REPEATS if dt == 0.004 else REPEATS_LONG
+            med, fastest, first, _ = timed(lambda: model.value_and_grad(wrt)[2].numpy(), repeats)
+            medians[dt, scheme, wrt] = med
+            ratio = (f"{med / medians[0.004, 'euler', wrt]:.2f}x euler at 4 ms" if dt == 0.004 else
+                     f"{med / medians[0.004, 'exact', wrt]:.2f}x exact at 4 ms")
+            print(f"  dt = {dt * 1e3:g} ms (T={window.T}, K={window.K}) {scheme:5s} loss + gradient wrt {wrt:5s}: "
+                  f"median {med * 1e3:7.1f} ms (min {fastest * 1e3:.1f}; first call {first:.1f} s)  {ratio}   "
+                  f"load {load()}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -37,7 +36,7 @@ def oracle_fit(window):
     """M-step on the true activity, from the true parameters: the identifiability limit of the window."""
     truth = window.net.theta
     Z = np.clip(window.Z_true, 1e-5, 1.0)
-    model = MesoModel(window, truth, Z)
+    model = MesoModel(window, truth, Z, "exact")
     theta, info = m_step(model, truth, Z, list(zip(0.4 * truth, 2.0 * truth)), maxiter=500)
     return theta, info
 

@@ -7,8 +7,10 @@ B*M*T bins), not one bin at a time (T = 2,500 steps):
 
     Isyn, F      linear filters along time, y(t) = a*y(t-1) + x(t), by log-depth doubling
     V[k, t]      = F(t) - q^n_k F(t - n_k) + q^(t+1) V0(k - t)   [last term: cohorts present when the
-                   window opens, t < k]; q = 1 - dt*amem, u(t) = dt*(amem*rp + h(t)),
-                   F(t) = sum_i q^i u(t-i), n_k = k - R + 1 Euler steps since the reset (V = 0, k < R)
+                   window opens, t < k]; (q, g) of the scheme (src.fast_np.leak_step), u(t) =
+                   g*(amem*rp + h(t)), F(t) = sum_i q^i u(t-i), n_k = k - R + 1 steps since the reset
+                   (V = 0, k < R). The adjoint below is with respect to q and F; how they depend on
+                   amem (the scheme) is differentiated by TensorFlow in the inputs stage.
     S[k, t]      = S[k-1, t-1] * E[k-1, t-1], E = exp(-lam*dt): the survival, carried from one age row
                    to the next along the cohort's diagonal; S[0, t] = 1, S[k, 0] = S0(k). 1 - S is carried
                    alongside as (1 - S) + S*P, which keeps it exact for young cohorts (S near 1)
@@ -42,7 +44,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .fast_np import HAZARD_FLOOR, LOG_HAZARD_MAX, LOG_2PI, S0_SUBSTEPS, SMALL_X, VAR_FLOOR, stationary_start
+from .fast_np import (HAZARD_FLOOR, LOG_HAZARD_MAX, LOG_2PI, S0_SUBSTEPS, SMALL_X, VAR_FLOOR, leak_step,
+                      stationary_start)
 from .window import Window, refractory_bins
 
 TIME_CHUNKS = 2           # the grid is cut along time into this many chunks, computed concurrently (2 cores)
@@ -137,7 +140,7 @@ def cohort_forward(F, q, ft, V0, S0, Z_full, K, R, dt, keep_survival=True):
     """The cohort part of model.md 3.2-3.6: (sum_k P m, sum_k P v, sum_k m, sum_k v), each (B, M, T),
     and the survival S of every cell, (K, B, M, T) (None unless keep_survival), for cohort_backward.
 
-    F (B, M, T) the filtered drive, q (M, 1) = 1 - dt*amem, ft (M, 1), V0 and S0 (B, M, K+1) the
+    F (B, M, T) the filtered drive, q (M, 1) the scheme's decay per bin, ft (M, 1), V0 and S0 (B, M, K+1) the
     potential and survival of the cohorts present when the window opens, by age (stationary start),
     Z_full (B, M, K+T) the latent with its K history bins first. K age bins, R refractory bins.
     """
@@ -235,7 +238,8 @@ class MesoModel:
     """neuLVM on one Window: theta (amem, J, rp, ft) and the latent Z as variables, and the losses.
 
     `losses()` gives (loss_y, loss_Z) as numbers; `value_and_grad(wrt)` the total loss and its exact
-    gradient with respect to theta or Z. dtype float64 (default) or float32.
+    gradient with respect to theta or Z. scheme: the integrator of the potentials (src.fast_np.SCHEMES);
+    dtype float64 (default) or float32.
 
     The compiled path runs in XLA stages, so that the time chunks of the grid (TIME_CHUNKS, each
     with K bins of overlap: a cohort that matters in a chunk fired less than K bins before it) run
@@ -245,8 +249,10 @@ class MesoModel:
     `_losses` is the same computation as one plain differentiable function (eager use and tests).
     """
 
-    def __init__(self, window: Window, theta, Z, dtype=tf.float64):
+    def __init__(self, window: Window, theta, Z, scheme, dtype=tf.float64):
         w = self.window = window
+        leak_step(scheme, 1.0, w.dt)                                         # ValueError for an unknown scheme
+        self.scheme = scheme
         self.dtype = tf.as_dtype(dtype)
         self.theta = tf.Variable(np.asarray(theta, float), dtype=self.dtype, name="theta")   # (4M,)
         self.Z = tf.Variable(np.asarray(Z, float), dtype=self.dtype, name="Z")               # (B, M, T)
@@ -305,9 +311,9 @@ class MesoModel:
         V0 = potential(tf.range(K + 1, dtype=self.dtype) * dt)              # (B, M, K+1)
         logS0 = -integral[..., ::S0_SUBSTEPS]
 
-        # 3.2 the drive of the cohorts: F(t) = sum_i q^i u(t-i)
-        q = 1 - dt * amem_                                                   # (M, 1)
-        F = linear_filter(q, dt * (amem_ * rp_ + h))                         # (B, M, T)
+        # 3.2 the drive of the cohorts: F(t) = sum_i q^i u(t-i), u = g (amem rp + h)
+        q, g = leak_step(self.scheme, amem_, dt, tf.math.expm1)               # (M, 1)
+        F = linear_filter(q, g * (amem_ * rp_ + h))                          # (B, M, T)
         Z_full = tf.concat([tf.repeat(self._A0[..., None] * dt, K, axis=-1), Z], -1)   # (B, M, K+T)
         return F, q, ft_, V0, tf.exp(logS0), Z_full
 
@@ -449,12 +455,13 @@ class MesoModel:
 def _free_segment(params, state, I_ext, xi, U):
     """SIM_SEGMENT_BINS (or fewer) bins of the free simulation, compiled once per array shape.
 
-    params: amem, rp, ft, e_syn, N (M, 1), W (M, M), eps, dt, R. state: V, S, Q (= 1 - S), Z_past
+    params: q, g (the scheme's, src.fast_np.leak_step), amem, rp, ft, e_syn, N (M, 1), W (M, M), eps,
+    dt, R. state: V, S, Q (= 1 - S), Z_past
     (B, M, K) of the cohorts (Z_past[..., k] = Z(t-1-k)), Isyn (B, M), V_obs (B, M, Nobs), obs_age
     (B, M, Nobs) int32, first (bool: this is the window's first bin, Isyn keeps A0). I_ext and xi:
     (n, B, M), U: (n, B, M, Nobs). Returns the new state, Z (n, B, M) and spikes (n, B, M, Nobs).
     """
-    amem, rp, ft, e_syn, N, W, eps, dt, R = params
+    q, g, amem, rp, ft, e_syn, N, W, eps, dt, R = params
     V, S, Q, Z_past, Isyn, V_obs, obs_age, first = state
     dtype, K = V.dtype, V.shape[-1]
     refractory = tf.range(K) < R                                             # (K,)
@@ -471,7 +478,8 @@ def _free_segment(params, state, I_ext, xi, U):
     def step(t, V, S, Q, Z_past, Isyn, V_obs, obs_age, first, Z_out, spikes_out):
         Isyn = tf.where(first, Isyn, e_syn[:, 0] * Isyn + (1 - e_syn[:, 0]) * Z_past[..., 0] / dt)   # 3.1
         h = tf.einsum("bm,ma->ba", Isyn, W) + eps * I_ext[t]                                             # (B, M)
-        V = tf.where(refractory, zero, V + dt * (amem * (rp - V) + h[..., None]))                         # 3.2
+        drive = g * (amem * rp + h[..., None])                                                           # (B, M, 1)
+        V = tf.where(refractory, zero, q * V + drive)                                                    # 3.2
         L, E = escape(V, refractory)                                                                     # 3.3
         P = 1 - E
         m = S * Z_past                                                                                   # 3.5
@@ -482,7 +490,7 @@ def _free_segment(params, state, I_ext, xi, U):
         Zbar = tf.clip_by_value(tf.reduce_sum(P * m, -1) + Lambda * (1 - tf.reduce_sum(m, -1)), 0.0, 1.0)  # 3.6
         Z = tf.maximum(Zbar + tf.sqrt(Zbar / N[:, 0]) * xi[t], 0.0)                                     # (B, M)
         refr_obs = obs_age < R                                                  # observed neurons
-        V_obs = tf.where(refr_obs, zero, V_obs + dt * (amem * (rp - V_obs) + h[..., None]))
+        V_obs = tf.where(refr_obs, zero, q * V_obs + drive)
         L_obs, E_obs = escape(V_obs, refr_obs)
         fired = U[t] < -tf.math.expm1(-L_obs)
         obs_age = tf.where(fired, tf.zeros_like(obs_age), obs_age + 1)
@@ -499,7 +507,7 @@ def _free_segment(params, state, I_ext, xi, U):
     return out[1:9], out[9], out[10]
 
 
-def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
+def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0, *, scheme):
     """Free simulation (model.md section 5), the same equations and outputs as src/fast_np.simulate,
     compiled with XLA: Z(t) ~ Normal(Zbar, Zbar/N), negative values set to 0, and Nobs observed
     neurons per population (no spike in the history) that fire with probability P.
@@ -518,7 +526,8 @@ def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
     xi = rng.standard_normal((T, B, M))
     U = rng.random((T, B, M, Nobs))
     col = lambda a: tf.constant(np.asarray(a, float)[:, None])  # noqa: E731
-    params = (col(net.amem), col(net.rp), col(net.ft), col(np.exp(-dt * net.asyn)), col(net.N),
+    q, g = leak_step(scheme, net.amem[:, None], dt)
+    params = (tf.constant(q), tf.constant(np.broadcast_to(g, q.shape)), col(net.amem), col(net.rp), col(net.ft), col(np.exp(-dt * net.asyn)), col(net.N),
               tf.constant(net.W), tf.constant(float(net.eps), tf.float64), tf.constant(float(dt), tf.float64),
               tf.constant(refractory_bins(net.ref_t, dt)))
     V0, logS0 = stationary_start(net, A0, dt, K + 1)                    # (B, M, K+1): ages 0..K

@@ -10,6 +10,10 @@ in addition, for population a in bin t:
     lam    escape rate (1/s), P = 1 - exp(-lam*dt) the probability to fire in the bin
     Zbar   expected fraction firing in the bin, with the finite-size correction Lambda
 The same per-bin step drives the free simulation (model.md section 5).
+
+The integrator of the potentials over a bin ("scheme", model.md section 3.2) is defined once, in
+`leak_step`; every other module (the TensorFlow likelihood, the compiled free simulation) takes its
+(q, g) from there. A new scheme is one more branch of `leak_step` and one oracle test.
 """
 import numpy as np
 
@@ -21,6 +25,31 @@ SMALL_X = 1e-6          # below this lam*dt, log P comes from its series (log P 
 VAR_FLOOR = 0.1         # additive variance of the transition density, in units of dt / N
 S0_SUBSTEPS = 16        # midpoints per bin in the quadrature of the initial survival
 LOG_2PI = np.log(2 * np.pi)
+SCHEMES = ("exact", "euler")    # the integrators of model.md section 3.2; "exact" is the default
+DEFAULT_SCHEME = "exact"
+
+
+def leak_step(scheme, amem, dt, expm1=np.expm1):
+    """(q, g) of the update over one bin, V <- q V + g (amem rp + h), with h held over the bin.
+
+    exact: the leak integrated exactly, q = exp(-dt amem), g = (1 - q)/amem (1 - q from expm1,
+           without cancellation); the scheme of the microscopic simulator and of NEST.
+    euler: forward Euler, q = 1 - dt amem, g = dt (the original project's).
+    Both keep the fixed point V = rp + h/amem. amem: array (numpy or TensorFlow); expm1: np.expm1 or
+    tf.math.expm1, so that the TensorFlow likelihood uses this same definition.
+    """
+    if scheme == "exact":
+        one_minus_q = -expm1(-dt * amem)
+        return 1 - one_minus_q, one_minus_q / amem
+    if scheme == "euler":
+        return 1 - dt * amem, dt
+    raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+
+
+def check_scheme(scheme):
+    """scheme itself, or ValueError naming the schemes there are."""
+    leak_step(scheme, 1.0, 1.0)
+    return scheme
 
 
 def escape(V, ft, refractory, dt):
@@ -61,11 +90,13 @@ def stationary_start(net, A0, dt, n_ages):
 class BinStep:
     """One bin of model.md section 3 for the population cohorts and the observed neurons.
 
-    Holds the state (Isyn, V, logS of the cohorts, V of the observed neurons) between bins.
+    Holds the state (Isyn, V, logS of the cohorts, V of the observed neurons) between bins; scheme
+    names the integrator of the potentials (leak_step).
     """
 
-    def __init__(self, net, dt, K, A0, Nobs=0, obs_age0=None):
+    def __init__(self, net, dt, K, A0, scheme, Nobs=0, obs_age0=None):
         self.net, self.dt, self.K = net, dt, K
+        self.q, self.g = leak_step(scheme, net.amem[:, None], dt)                 # (M, 1) each
         self.R = int(np.ceil(net.ref_t / dt - 1e-9))
         self.e_syn = np.exp(-dt * net.asyn)                                   # (M,)
         self.cohort_refractory = np.arange(K) < self.R                         # (K,)
@@ -90,11 +121,9 @@ class BinStep:
 
         Z_past[..., k] = Z(t-1-k), the mass that fired k+1 bins ago, shape (B, M, K).
         """
-        net, dt = self.net, self.dt
-        amem, rp, ft = net.amem[:, None], net.rp[:, None], net.ft[:, None]
-        self.V = self.V + dt * (amem * (rp - self.V) + h[..., None])              # 3.2, forward Euler
+        self.V = self.potential_step(self.V, h)                                   # 3.2
         self.V[..., self.cohort_refractory] = 0.0
-        lam, P = escape(self.V, ft, self.cohort_refractory, dt)                  # 3.3
+        lam, P = escape(self.V, self.net.ft[:, None], self.cohort_refractory, self.dt)   # 3.3
         m = np.exp(self.logS) * Z_past                                            # 3.4-3.5
         v = -np.expm1(self.logS) * m
         sum_v = v.sum(-1)
@@ -102,10 +131,15 @@ class BinStep:
         Zbar = (P * m).sum(-1) + Lambda * (1 - m.sum(-1))                        # 3.6
         return np.clip(Zbar, 0.0, 1.0), lam
 
+    def potential_step(self, V, h):
+        """3.2: V <- q V + g (amem rp + h) over the bin, for V of shape (B, M, n) and h (B, M)."""
+        amem, rp = self.net.amem[:, None], self.net.rp[:, None]
+        return self.q * V + self.g * (amem * rp + h[..., None])
+
     def observed(self, h):
         """The observed neurons' escape rate, firing probability and its log in this bin, (B, M, Nobs) each."""
         net, dt = self.net, self.dt
-        self.V_obs = self.V_obs + dt * (net.amem[:, None] * (net.rp[:, None] - self.V_obs) + h[..., None])
+        self.V_obs = self.potential_step(self.V_obs, h)
         refractory = self.obs_age < self.R
         self.V_obs[refractory] = 0.0
         lam, P = escape(self.V_obs, net.ft[:, None], refractory, dt)
@@ -127,8 +161,9 @@ def gaussian_nll(Z, Zbar, N, dt):
     return 0.5 * (LOG_2PI + np.log(var) + (Z - Zbar) ** 2 / var)
 
 
-def losses(net, window: Window, Z):
-    """(loss_y, loss_Z) of model.md section 3 for the network net (its theta is used) and latent Z.
+def losses(net, window: Window, Z, scheme):
+    """(loss_y, loss_Z) of model.md section 3 for the network net (its theta is used), latent Z and
+    integrator `scheme` (leak_step).
 
     Z: (B, M, T) fractions. Both losses are sums divided by the number of population-bins B*M*T.
     """
@@ -139,7 +174,7 @@ def losses(net, window: Window, Z):
     A0 = w.A0
     Z_full = np.concatenate([np.broadcast_to((A0 * w.dt)[..., None], (w.B, w.M, w.K)), Z], -1)  # (B, M, K+T)
     y = w.y[..., w.K:]                                                              # (B, M, Nobs, T)
-    step = BinStep(net, w.dt, w.K, A0, w.Nobs, w.obs_age[..., 0])
+    step = BinStep(net, w.dt, w.K, A0, scheme, w.Nobs, w.obs_age[..., 0])
     nll_Z = np.zeros((w.B, w.M, w.T))
     logp_y = np.zeros((w.B, w.M, w.Nobs, w.T))
     for t in range(w.T):
@@ -154,13 +189,13 @@ def losses(net, window: Window, Z):
     return -logp_y.sum() / n, nll_Z.sum() / n
 
 
-def objective(theta, net, window, Z):
+def objective(theta, net, window, Z, scheme):
     """loss_y + loss_Z as a function of the flat parameter vector theta = (amem, J, rp, ft), for scipy."""
-    loss_y, loss_Z = losses(net.with_theta(theta), window, Z)
+    loss_y, loss_Z = losses(net.with_theta(theta), window, Z, scheme)
     return loss_y + loss_Z
 
 
-def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
+def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0, *, scheme):
     """Free simulation (model.md section 5): Z(t) ~ Normal(Zbar, Zbar/N), negative values set to 0,
     and Nobs observed neurons per population that fire with probability P.
 
@@ -172,7 +207,7 @@ def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0):
     I_ext = np.zeros((B, M, T)) if I_ext is None else np.asarray(I_ext, dtype=float)
     Z_full = np.concatenate([np.broadcast_to((A0 * dt)[..., None], (B, M, K)), np.zeros((B, M, T))], -1)
     spikes = np.zeros((B, M, Nobs, T))
-    step = BinStep(net, dt, K, A0, Nobs, np.full((B, M, Nobs), K))
+    step = BinStep(net, dt, K, A0, scheme, Nobs, np.full((B, M, Nobs), K))
     for t in range(T):
         h = step.drive(Z_full[..., K + t - 1], I_ext[..., t], first=(t == 0))
         Zbar, lam = step.cohorts(h, Z_full[..., t:K + t][..., ::-1])

@@ -42,8 +42,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import numpy as np
 
 DEFAULT_RESULT_DIR = "result/3pop example/data11"
@@ -216,13 +214,14 @@ def bin_mean(x, steps):
 
 # ------------------------------------------------------------------ simulations
 
-def free_batches(net, dt, K, n_batches, T, seed, I_ext=None, A0=None):
-    """n_batches independent free simulations of the mesoscopic model (model.md section 5), all
-    advanced together (the batch axis of src.fast_np.simulate). Returns Z (n_batches, M, T)."""
+def free_batches(net, dt, K, scheme, n_batches, T, seed, I_ext=None, A0=None):
+    """n_batches independent free simulations of the mesoscopic model (model.md section 5) with the
+    integrator `scheme`, all advanced together (the batch axis of src.fast_np.simulate). Returns Z
+    (n_batches, M, T)."""
     from . import fast_np
     A0 = net.init_rates if A0 is None else np.asarray(A0, float)
     A0 = np.tile(A0, (n_batches, 1))                                       # (B, M)
-    Z, _ = fast_np.simulate(net, dt, K, T, A0, np.random.default_rng(seed), I_ext, Nobs=1)
+    Z, _ = fast_np.simulate(net, dt, K, T, A0, np.random.default_rng(seed), I_ext, Nobs=1, scheme=scheme)
     return Z
 
 
@@ -248,12 +247,12 @@ def micro_trials(net, amplitude, trials, seed, dt):
     return np.stack(A)
 
 
-def meso_trials(net, amplitude, trials, seed, dt, K):
+def meso_trials(net, amplitude, trials, seed, dt, K, scheme):
     """The same trials in the mesoscopic model (input averaged over each bin, as the data is)."""
     from .microsim import H
     I_bins = bin_mean(stimulus(net.M, amplitude, H), int(round(dt / H)))   # (M, n_bins)
     I_ext = np.broadcast_to(I_bins, (trials,) + I_bins.shape)
-    Z = free_batches(net, dt, K, trials, I_bins.shape[1], seed, I_ext, A0=STIM_START_RATES)
+    Z = free_batches(net, dt, K, scheme, trials, I_bins.shape[1], seed, I_ext, A0=STIM_START_RATES)
     return Z / dt
 
 
@@ -349,7 +348,7 @@ def make_report(opt, argv):
     from .helper import bin_recording, make_window, smooth
     from .microsim import H, simulate, use_one_tf_thread
     from .plots import population_names
-    from .runs import find_runs
+    from .runs import find_runs, fit_discretisation
 
     # ---------------------------------------------------------------- runs and data
     folder = opt.result_dir
@@ -373,8 +372,9 @@ def make_report(opt, argv):
     if not np.allclose(net_true.theta, s["theta_true"]):
         raise ReportError(f"{dataset} is not the recording {best} was fitted to (its true theta differs)")
     net_fit = net_true.with_theta(s["theta_final"])
-    dt, M, names = o["dt"], net_true.M, population_names(net_true.M)
-    K = int(round(o["a_cutoff"] / dt))
+    scheme, dt, a_cutoff = fit_discretisation(s, os.path.join(folder, best, "summary.json"))
+    M, names = net_true.M, population_names(net_true.M)
+    K = int(round(a_cutoff / dt))
     window = make_window(rec, dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
                          o["Nsampled"], with_input=bool(o["with_input"]))
     use_one_tf_thread()
@@ -436,7 +436,7 @@ def make_report(opt, argv):
     log(f"microscopic network: {opt.duration:g} s simulated")
     pieces = {"microscopic network": [micro_counts[:, i * T_piece:(i + 1) * T_piece] for i in range(n_pieces)]}
     for label, net, seed in (("fitted model", net_fit, opt.seed + 1), ("true-parameter model", net_true, opt.seed + 2)):
-        Z = free_batches(net, dt, K, n_pieces, T_piece, seed)               # (pieces, M, T)
+        Z = free_batches(net, dt, K, scheme, n_pieces, T_piece, seed)               # (pieces, M, T)
         pieces[label] = list(Z * net.N[None, :, None])
         log(f"{label}: {n_pieces} x {opt.segment:g} s simulated")
     dwell = {k: dwell_times(v, net_true.N, dt) for k, v in pieces.items()}
@@ -473,8 +473,8 @@ def make_report(opt, argv):
     stim = {}
     if np.isfinite(amplitude):
         stim["microscopic network"] = micro_trials(net_true, amplitude, opt.trials, opt.seed + 4, dt)
-        stim["fitted model"] = meso_trials(net_fit, amplitude, opt.trials, opt.seed + 5, dt, K)
-        stim["true-parameter model"] = meso_trials(net_true, amplitude, opt.trials, opt.seed + 6, dt, K)
+        stim["fitted model"] = meso_trials(net_fit, amplitude, opt.trials, opt.seed + 5, dt, K, scheme)
+        stim["true-parameter model"] = meso_trials(net_true, amplitude, opt.trials, opt.seed + 6, dt, K, scheme)
     stim_valid = {k: classify_trials(A, dt) for k, A in stim.items()}
     fractions = {k: switch_fraction(*v) for k, v in stim_valid.items()}
     averages = {k: smooth(A[stim_valid[k][0]].mean(axis=0), sd, dt) if stim_valid[k][0].any() else None
@@ -504,7 +504,8 @@ def make_report(opt, argv):
           "pipeline runs, they do not measure the claims.\n")
     w(f"Best run **{best}** (lowest final loss {s['final_loss']:.6f} of {len(runs)} complete runs: "
       f"{', '.join(order)}), fitted to {o['trial_length']:g} s ending at {o['end_timepoint']:g} s of "
-      f"`{dataset}` (seed {rec.seed}), {o['Nsampled']} observed neurons per population, dt = {dt * 1e3:g} ms. "
+      f"`{dataset}` (seed {rec.seed}), {o['Nsampled']} observed neurons per population, dt = {dt * 1e3:g} ms, "
+      f"scheme {scheme}, age cutoff {a_cutoff:g} s (free simulations use the same). "
       f"Report made in {timings['total']:.0f} s.\n")
     w("## Targets\n")
     w("| target | measured | result |\n|---|---|---|")
@@ -635,7 +636,8 @@ def make_report(opt, argv):
     w("")
     from .results import save_json
     save_json(os.path.join(folder, "report.json"), _no_nan({
-        "best_run": best, "runs": order, "options": dataclasses.asdict(opt), "command": ["python", "-m", "src.report", *argv],
+        "best_run": best, "runs": order, "options": dataclasses.asdict(opt),
+        "model": {"scheme": scheme, "dt": dt, "a_cutoff": a_cutoff}, "command": ["python", "-m", "src.report", *argv],
         "targets": {"neulvm_beats_init": beats_init, "neulvm_beats_gpfa": beats_gpfa,
                     "mean_dominance_within_factor": dominance_ok, "switch_fraction_within": switch_ok},
         "latent": {k: {"r": [x[0] for x in v], "rmse_Hz": [x[1] for x in v]} for k, v in scores.items()},

@@ -44,6 +44,31 @@ def find_runs(folder):
     return runs
 
 
+# A run written before the integrator was an option (no options.scheme) was fitted with forward Euler.
+LEGACY_SCHEME = "euler"
+_said = set()
+
+
+def fit_discretisation(summary, where):
+    """(scheme, dt, a_cutoff) a run was fitted with, from its summary; a run of the earlier format
+    (no scheme recorded) is read as LEGACY_SCHEME, which is said once per process on stderr.
+    ValueError naming `where` for a scheme this version does not know."""
+    from .fast_np import check_scheme
+    options = summary["options"]
+    scheme = options.get("scheme")
+    if scheme is None:
+        if where not in _said:
+            _said.add(where)
+            print(f"note: {where} was written before the integrator was recorded: read as scheme "
+                  f"{LEGACY_SCHEME!r}, the only one there was", file=sys.stderr)
+        scheme = LEGACY_SCHEME
+    try:
+        check_scheme(scheme)
+    except ValueError as err:
+        raise ValueError(f"{where}: options.scheme: {err}") from None
+    return scheme, float(options["dt"]), float(options["a_cutoff"])
+
+
 def best_run(folder):
     """(name, summary) of the run with the lowest final loss; ValueError if there is none."""
     runs = find_runs(folder)

@@ -26,49 +26,54 @@ def test_linear_filter_matches_loop():
 @pytest.mark.parametrize("T", [1, 7, 60, 300])
 @pytest.mark.parametrize("B, Nobs, with_input, silent", [
     (1, 1, False, False), (2, 3, True, True), (1, 30, True, False), (2, 1, False, True)])
-def test_losses_equal_reference(T, B, Nobs, with_input, silent):
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_losses_equal_reference(T, B, Nobs, with_input, silent, scheme):
     net, window, theta, Z = random_case(seed=T + 10 * B + Nobs, B=B, Nobs=Nobs, T=T,
                                         with_input=with_input, silent_neuron=silent)
-    expected = fast_np.losses(net.with_theta(theta), window, Z)
-    model = MesoModel(window, theta, Z)
+    expected = fast_np.losses(net.with_theta(theta), window, Z, scheme)
+    model = MesoModel(window, theta, Z, scheme)
     compiled = model.losses()
     eager = [float(v) for v in model._losses(model.theta, model.Z)]
     np.testing.assert_allclose(compiled, expected, rtol=RTOL_VALUE, err_msg="tf.function (XLA) vs numpy")
     np.testing.assert_allclose(eager, expected, rtol=RTOL_VALUE, err_msg="eager vs numpy")
 
 
-def test_full_age_grid_equals_reference():
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_full_age_grid_equals_reference(scheme):
     """The default age grid (K = 250, 1 s) with a window longer than the grid."""
     net, window, theta, Z = random_case(seed=5, B=1, Nobs=3, T=400, K=250, silent_neuron=True)
-    expected = fast_np.losses(net.with_theta(theta), window, Z)
-    np.testing.assert_allclose(MesoModel(window, theta, Z).losses(), expected, rtol=RTOL_VALUE)
+    expected = fast_np.losses(net.with_theta(theta), window, Z, scheme)
+    np.testing.assert_allclose(MesoModel(window, theta, Z, scheme).losses(), expected, rtol=RTOL_VALUE)
 
 
-def test_float32_close_to_float64():
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_float32_close_to_float64(scheme):
     net, window, theta, Z = random_case(seed=6, T=200, K=100)
-    expected = fast_np.losses(net.with_theta(theta), window, Z)
-    np.testing.assert_allclose(MesoModel(window, theta, Z, dtype=tf.float32).losses(), expected, rtol=1e-4)
+    expected = fast_np.losses(net.with_theta(theta), window, Z, scheme)
+    np.testing.assert_allclose(MesoModel(window, theta, Z, scheme, dtype=tf.float32).losses(), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_theta_gradient_equals_finite_differences(seed):
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_theta_gradient_equals_finite_differences(seed, scheme):
     net, window, theta, Z = random_case(seed=seed, B=2, Nobs=2, T=40, K=50, with_input=True, silent_neuron=True)
-    _, _, grad = MesoModel(window, theta, Z).value_and_grad("theta")
+    _, _, grad = MesoModel(window, theta, Z, scheme).value_and_grad("theta")
     fd = np.empty_like(theta)
     for i in range(theta.size):
         step = np.zeros_like(theta)
         step[i] = 1e-6 * abs(theta[i])
-        fd[i] = (fast_np.objective(theta + step, net, window, Z)
-                 - fast_np.objective(theta - step, net, window, Z)) / (2 * step[i])
+        fd[i] = (fast_np.objective(theta + step, net, window, Z, scheme)
+                 - fast_np.objective(theta - step, net, window, Z, scheme)) / (2 * step[i])
     np.testing.assert_allclose(grad.numpy(), fd, rtol=RTOL_GRAD, atol=1e-7, err_msg="autodiff vs central FD")
 
 
-def test_Z_gradient_equals_finite_differences():
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_Z_gradient_equals_finite_differences(scheme):
     # theta near the truth keeps the loss O(1-100): central differences of a loss of 1e8 would be
     # dominated by rounding (eps * loss / step)
     net, window, _, Z = random_case(seed=3, B=2, Nobs=2, T=40, K=50, with_input=True)
     theta = net.theta * np.random.default_rng(3).uniform(0.8, 1.25, net.theta.size)
-    _, _, grad = MesoModel(window, theta, Z).value_and_grad("Z")
+    _, _, grad = MesoModel(window, theta, Z, scheme).value_and_grad("Z")
     rng = np.random.default_rng(0)
     entries = [tuple(rng.integers(s) for s in Z.shape) for _ in range(8)] + [(0, 0, 0), (1, 2, 39)]
     net_theta = net.with_theta(theta)
@@ -77,35 +82,37 @@ def test_Z_gradient_equals_finite_differences():
         Zp, Zm = Z.copy(), Z.copy()
         Zp[idx] += step
         Zm[idx] -= step
-        fd = (sum(fast_np.losses(net_theta, window, Zp)) - sum(fast_np.losses(net_theta, window, Zm))) / (2 * step)
+        fd = (sum(fast_np.losses(net_theta, window, Zp, scheme)) - sum(fast_np.losses(net_theta, window, Zm, scheme))) / (2 * step)
         np.testing.assert_allclose(grad.numpy()[idx], fd, rtol=RTOL_GRAD, atol=1e-6, err_msg=f"dLoss/dZ{idx}")
 
 
-def test_loss_is_smooth_along_theta():
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_loss_is_smooth_along_theta(scheme):
     """No jump where lam*dt crosses 0.01 (the original switched formulas there): along a line through
     the box, the autodiff slope equals the slope of central differences of the reference at every point."""
     net, window, _, Z = random_case(seed=7, T=40, K=50)
     lo, hi = 0.4 * net.theta, 2.0 * net.theta
-    model = MesoModel(window, net.theta, Z)
+    model = MesoModel(window, net.theta, Z, scheme)
     direction = (hi - lo) / np.linalg.norm(hi - lo)
     for s in np.linspace(0.02, 0.98, 25):
         theta = lo + s * (hi - lo)
         _, _, grad = model.value_and_grad("theta", theta=theta)
         h = 1e-5
-        fd = (fast_np.objective(theta + h * direction, net, window, Z)
-              - fast_np.objective(theta - h * direction, net, window, Z)) / (2 * h)
+        fd = (fast_np.objective(theta + h * direction, net, window, Z, scheme)
+              - fast_np.objective(theta - h * direction, net, window, Z, scheme)) / (2 * h)
         np.testing.assert_allclose(grad.numpy() @ direction, fd, rtol=1e-5, atol=1e-6, err_msg=f"at s={s:.2f}")
 
 
 @pytest.mark.parametrize("corner", ["low", "high", "mixed"])
-def test_finite_at_bounds(corner):
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_finite_at_bounds(corner, scheme):
     net, window, _, Z = random_case(seed=8, T=40, K=50, silent_neuron=True)
     lo, hi = 0.4 * net.theta, 2.0 * net.theta
     theta = {"low": lo, "high": hi, "mixed": np.where(np.arange(12) % 2, lo, hi)}[corner]
     Z_edges = Z.copy()
     Z_edges[..., ::3] = 1e-5
     Z_edges[..., 1::5] = 1.0
-    model = MesoModel(window, theta, Z_edges)
+    model = MesoModel(window, theta, Z_edges, scheme)
     for wrt in ("theta", "Z"):
         loss_y, loss_Z, grad = model.value_and_grad(wrt)
         assert np.isfinite(float(loss_y)) and np.isfinite(float(loss_Z)), (corner, wrt, loss_y, loss_Z)
@@ -120,22 +127,23 @@ def test_time_chunks_tile_the_window():
 
 
 @pytest.mark.parametrize("wrt", ["theta", "Z"])
-def test_chunked_gradient_equals_finite_differences(wrt):
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_chunked_gradient_equals_finite_differences(wrt, scheme):
     """T = 200 >= 3K: two chunks of 125 bins that overlap by K = 50."""
     net, window, _, Z = random_case(seed=4, B=2, Nobs=2, T=200, K=50, with_input=True, silent_neuron=True)
     theta = net.theta * np.random.default_rng(4).uniform(0.8, 1.25, net.theta.size)
-    model = MesoModel(window, theta, Z)
+    model = MesoModel(window, theta, Z, scheme)
     assert len(model._chunks) == 2
     loss_y, loss_Z, grad = model.value_and_grad(wrt)
-    np.testing.assert_allclose([loss_y, loss_Z], fast_np.losses(net.with_theta(theta), window, Z), rtol=1e-9)
+    np.testing.assert_allclose([loss_y, loss_Z], fast_np.losses(net.with_theta(theta), window, Z, scheme), rtol=1e-9)
     rng = np.random.default_rng(1)
     if wrt == "theta":
         entries, x0, step = [(i,) for i in range(theta.size)], theta, 1e-6 * np.abs(theta)
-        loss = lambda x: fast_np.objective(x, net, window, Z)  # noqa: E731
+        loss = lambda x: fast_np.objective(x, net, window, Z, scheme)  # noqa: E731
     else:
         entries = [tuple(rng.integers(s) for s in Z.shape) for _ in range(8)] + [(0, 1, 124), (1, 2, 125), (0, 0, 80)]
         x0, step = Z, np.full(Z.shape, 1e-8)
-        loss = lambda x: sum(fast_np.losses(net.with_theta(theta), window, x))  # noqa: E731
+        loss = lambda x: sum(fast_np.losses(net.with_theta(theta), window, x, scheme))  # noqa: E731
     for idx in entries:
         xp, xm = x0.copy(), x0.copy()
         xp[idx] += step[idx]
@@ -145,12 +153,13 @@ def test_chunked_gradient_equals_finite_differences(wrt):
 
 
 @pytest.mark.parametrize("group", range(4))
-def test_truth_beats_scaled_parameters_on_the_dataset(group):
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_truth_beats_scaled_parameters_on_the_dataset(group, scheme):
     """Default window of the shipped dataset, true activity: scaling one parameter group (amem, J, rp
     or ft) by 0.7 or 1.3 raises the loss."""
     window = neulvm.load_window(DATASET)
     truth, Z = window.net.theta, np.clip(window.Z_true, 1e-5, 1.0)
-    model = MesoModel(window, truth, Z)
+    model = MesoModel(window, truth, Z, scheme)
     best = sum(model.losses())
     for factor in (0.7, 1.3):
         theta = truth.copy()
@@ -166,3 +175,8 @@ def test_public_losses_reject_bad_input():
     for bad_Z in (Z[..., :5], np.where(Z > 0.02, np.nan, Z), Z + 2.0):
         with pytest.raises(ValueError, match="Z must"):
             neulvm.losses(theta, window, bad_Z, backend="numpy")
+    for backend in ("numpy", "tensorflow"):
+        with pytest.raises(ValueError, match="scheme must be one of exact, euler, got 'rk4'"):
+            neulvm.losses(theta, window, Z, backend=backend, scheme="rk4")
+    with pytest.raises(ValueError, match="scheme must be one of exact, euler, got 'Exact'"):
+        neulvm.simulate(net, 1.0, seed=0, scheme="Exact")

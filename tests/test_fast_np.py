@@ -68,9 +68,43 @@ def test_silent_network_predicts_floor_activity():
     from src.window import Window
     K, T = 30, 20
     window = Window(net=net, dt=0.004, K=K, y=np.zeros((1, 3, 2, K + T)), I_ext=np.zeros((1, 3, T)))
-    step = fast_np.BinStep(net, 0.004, K, np.zeros((1, 3)))
+    step = fast_np.BinStep(net, 0.004, K, np.zeros((1, 3)), "exact")
     h = step.drive(np.zeros((1, 3)), np.zeros((1, 3)), first=True)
     Zbar, _ = step.cohorts(h, np.full((1, 3, K), 0.01))
     assert np.all(Zbar < 1e-9), Zbar
-    loss_y, _ = fast_np.losses(net, window, np.full((1, 3, T), 1e-5))
+    loss_y, _ = fast_np.losses(net, window, np.full((1, 3, T), 1e-5), "exact")
     assert 0 <= loss_y < 1e-9, loss_y     # silent neurons that never fire are certain
+
+
+# The decay factor of (V - V*) over n bins at a constant drive, V* = rp + h/amem, from each scheme's
+# definition (model.md section 3.2), written without src.fast_np.leak_step: a new scheme adds its line.
+CLOSED_FORM_DECAY = {"exact": lambda n, x: np.exp(-n * x),      # x = dt * amem
+                     "euler": lambda n, x: (1 - x) ** n}
+
+
+@pytest.mark.parametrize("I_const", [0.0, 40.0])
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_potential_follows_the_closed_form(scheme, I_const):
+    """No coupling, constant input: every free cohort and every observed neuron that does not fire
+    relaxes as V_n = V* + (V0 - V*) * decay(n), to 1e-12, bin after bin (the exact scheme's decay is
+    exp(-n dt amem): the closed form of the membrane equation)."""
+    assert set(CLOSED_FORM_DECAY) == set(fast_np.SCHEMES)
+    net = winner_take_all()
+    net = net.with_theta(np.concatenate([[40.0, 50.0, 70.0], np.zeros(3), net.rp, net.ft]))   # J = 0
+    dt, K, n_bins = 0.004, 120, 60
+    obs_age0 = np.array([[[1, 7], [30, 2], [5, 90]]])                         # (B, M, Nobs), all >= R
+    step = fast_np.BinStep(net, dt, K, net.init_rates[None], scheme, Nobs=2, obs_age0=obs_age0)
+    V_star = net.rp + net.eps * I_const / net.amem                              # (M,)
+    V0, V0_obs = step.V.copy(), step.V_obs.copy()
+    for n in range(1, n_bins + 1):
+        h = step.drive(np.zeros((1, 3)), np.full((1, 3), I_const), first=(n == 1))
+        _, lam = step.cohorts(h, np.zeros((1, 3, K)))
+        decay = CLOSED_FORM_DECAY[scheme](n, dt * net.amem)[None, :, None]
+        j = np.arange(step.R, K - n + 1)             # cohorts never held at 0, now at index j + n - 1
+        expected = V_star[None, :, None] + (V0[..., j] - V_star[None, :, None]) * decay
+        np.testing.assert_allclose(step.V[..., j + n - 1], expected, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"cohorts after {n} bins")
+        step.observed(h)
+        np.testing.assert_allclose(step.V_obs, V_star[None, :, None] + (V0_obs - V_star[None, :, None]) * decay,
+                                   rtol=1e-12, atol=1e-12, err_msg=f"observed neurons after {n} bins")
+        step.advance(lam, np.zeros((1, 3, 2)))

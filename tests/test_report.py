@@ -157,7 +157,7 @@ def test_free_simulation_with_true_parameters_matches_the_network():
     dominant are within 10% of the microscopic network's (model.md section 1: winner 18.5-20 Hz,
     loser 5.5-6.5 Hz, I 24.6 Hz)."""
     net = winner_take_all()
-    pieces = report.free_batches(net, DT, 250, 4, int(round(50.0 / DT)), seed=3)   # 4 x 50 s
+    pieces = report.free_batches(net, DT, 250, "exact", 4, int(round(50.0 / DT)), seed=3)   # 4 x 50 s
     d = report.dwell_times(list(pieces * net.N[None, :, None]), net.N, DT)
     assert 0.9 * 18.5 <= d["rate_winner"] <= 1.1 * 20.0, d["rate_winner"]
     assert 0.9 * 5.5 <= d["rate_loser"] <= 1.1 * 6.5, d["rate_loser"]

@@ -464,7 +464,7 @@ def edge_window():
 @pytest.fixture(scope="module")
 def edge_model(edge_window):
     from src.LIFmesoCell import MesoModel
-    return MesoModel(edge_window, edge_window.net.theta, np.full((2, 3, edge_window.T), 0.01))
+    return MesoModel(edge_window, edge_window.net.theta, np.full((2, 3, edge_window.T), 0.01), "exact")
 
 
 TRUTH = winner_take_all().theta
@@ -607,7 +607,7 @@ def test_strong_inhibition_keeps_log_p_finite():
     np.testing.assert_allclose(neulvm.losses(net.theta, window, Z), (loss_y, loss_Z), rtol=1e-12)
     from src.LIFmesoCell import MesoModel
     for wrt in ("theta", "Z"):
-        *_, grad = MesoModel(window, net.theta, Z).value_and_grad(wrt)
+        *_, grad = MesoModel(window, net.theta, Z, "exact").value_and_grad(wrt)
         assert np.all(np.isfinite(grad.numpy())), wrt
 
 

@@ -84,7 +84,7 @@ def test_exact_mstep_beats_finite_differences():
     Z = np.clip(window.Z_true, 1e-5, 1)
     theta0 = truth * np.random.default_rng(4).uniform(0.8, 1.25, truth.size)
     bounds = list(zip(0.4 * truth, 2.0 * truth))
-    model = MesoModel(window, theta0, Z)
+    model = MesoModel(window, theta0, Z, "exact")
     _, exact = m_step(model, theta0, Z, bounds, maxiter=1000, grad="exact")
     _, numeric = m_step(model, theta0, Z, bounds, maxiter=200, grad="numeric")
     assert exact["loss"] <= numeric["loss"] + 1e-9, (exact, numeric)
@@ -98,7 +98,7 @@ def test_oracle_mstep_reaches_a_stationary_point():
     truth = window.net.theta
     Z = np.clip(window.Z_true, 1e-5, 1)
     lo, hi = 0.4 * truth, 2.0 * truth
-    model = MesoModel(window, truth, Z)
+    model = MesoModel(window, truth, Z, "exact")
 
     def projected_gradient(theta):
         g = model.value_and_grad("theta", theta=theta, Z=Z)[2].numpy()
