@@ -180,3 +180,31 @@ def test_public_losses_reject_bad_input():
             neulvm.losses(theta, window, Z, backend=backend, scheme="rk4")
     with pytest.raises(ValueError, match="scheme must be one of exact, euler, got 'Exact'"):
         neulvm.simulate(net, 1.0, seed=0, scheme="Exact")
+
+
+@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+def test_losses_and_gradients_at_2ms(scheme):
+    """dt = 2 ms: two refractory bins (R = 2), the TF values equal the reference and the gradients
+    equal central differences (theta: every entry; Z: a sample)."""
+    net, window, theta, Z = random_case(seed=12, B=1, Nobs=2, T=90, K=80, with_input=True, silent_neuron=True,
+                                        dt=0.002)
+    theta = net.theta * np.random.default_rng(12).uniform(0.8, 1.25, net.theta.size)
+    assert window.R == 2
+    model = MesoModel(window, theta, Z, scheme)
+    np.testing.assert_allclose(model.losses(), fast_np.losses(net.with_theta(theta), window, Z, scheme), rtol=RTOL_VALUE)
+    _, _, grad = model.value_and_grad("theta")
+    for i in range(theta.size):
+        step = np.zeros_like(theta)
+        step[i] = 1e-6 * abs(theta[i])
+        fd = (fast_np.objective(theta + step, net, window, Z, scheme)
+              - fast_np.objective(theta - step, net, window, Z, scheme)) / (2 * step[i])
+        np.testing.assert_allclose(grad.numpy()[i], fd, rtol=RTOL_GRAD, atol=1e-7, err_msg=f"d/dtheta[{i}]")
+    _, _, grad = model.value_and_grad("Z")
+    rng = np.random.default_rng(2)
+    net_theta = net.with_theta(theta)
+    for idx in [tuple(rng.integers(s) for s in Z.shape) for _ in range(6)] + [(0, 0, 0), (0, 2, 89)]:
+        Zp, Zm = Z.copy(), Z.copy()
+        Zp[idx] += 1e-8
+        Zm[idx] -= 1e-8
+        fd = (sum(fast_np.losses(net_theta, window, Zp, scheme)) - sum(fast_np.losses(net_theta, window, Zm, scheme))) / 2e-8
+        np.testing.assert_allclose(grad.numpy()[idx], fd, rtol=RTOL_GRAD, atol=1e-6, err_msg=f"d/dZ{idx}")

@@ -41,13 +41,14 @@ def brian2():
 def _run(simulator, network, duration, seed, I_ext=None, step=None):
     """Spike counts per population and step (M, n) and the step (s) of one simulator.
 
-    ours_meso gives Z * N per bin of `step` (default DT); the others run at `step` (default H)."""
+    ours_meso(_euler) gives Z * N per bin of `step` (default DT); the others run at `step` (default H)."""
     if simulator == "ours_micro":
         return simulate(network, int(round(duration / H)), np.random.default_rng(seed), I_ext=I_ext,
                         n_recorded=0).pop_spike_counts, H
-    if simulator == "ours_meso":
-        step = step or DT
-        return neulvm.simulate(network, duration, seed, I_ext=I_ext, dt=step)["Z"] * network.N[:, None], step
+    if simulator.startswith("ours_meso"):  # ours_meso: the default scheme (exact), ours_meso_euler: euler
+        step, scheme = step or DT, "euler" if simulator == "ours_meso_euler" else "exact"
+        Z = neulvm.simulate(network, duration, seed, I_ext=I_ext, dt=step, scheme=scheme)["Z"]
+        return Z * network.N[:, None], step
     if simulator == "brian2":
         return peers.brian2_micro(network, duration, seed, I_ext, target="cython").pop_spike_counts, H
     step = step or H
@@ -172,7 +173,9 @@ def renewal_rate(scheme, amem, rp, ft, ref_t, h):
     nest_meso  gif_pop_psc_exp: escape 1 - exp(-h (lambda_old + lambda_new) / 2), linearised below 0.01,
                lambda_old = 0 in the first free step; after len_kernel = 5 tau_m / h steps a neuron joins
                the free pool at the converged potential rp;
-    ours_meso  model.md section 3 at bin h: forward Euler from V = 0, one refractory bin (ref_t = h)."""
+    ours_meso_exact, ours_meso_euler  model.md section 3 at bin h, one refractory bin (ref_t = h), from
+               V = 0 with the exact leak step (V = rp (1 - e^(-k h amem)) after k free bins) or forward
+               Euler (V = rp (1 - (1 - h amem)^k))."""
     ref_steps = int(round(ref_t / h))  # micro, nest_meso: held ref_t / h steps after the spike step
     lam_inf = np.exp(rp - ft)
     if scheme == "micro":
@@ -187,10 +190,11 @@ def renewal_rate(scheme, amem, rp, ft, ref_t, h):
         x = 0.5 * (lam[1:] + lam[:-1]) * h
         P = np.where(x > 0.01, -np.expm1(-x), x)
         return 1 / (h * _mean_isi_steps(P, ref_steps, -np.expm1(-lam_inf * h)))
-    if scheme == "ours_meso":
+    if scheme in ("ours_meso_exact", "ours_meso_euler"):
         refractory_bins = int(np.ceil(ref_t / h - 1e-9))  # cohorts k < this are held (src/fast_np.py)
         k = np.arange(1, int(200 / (amem * h)) + 1)  # free bins since the first free one
-        P = -np.expm1(-np.exp(rp * (1 - (1 - h * amem) ** k) - ft) * h)
+        decay = np.exp(-k * h * amem) if scheme == "ours_meso_exact" else (1 - h * amem) ** k
+        P = -np.expm1(-np.exp(rp * (1 - decay) - ft) * h)
         return 1 / (h * _mean_isi_steps(P, refractory_bins, -np.expm1(-lam_inf * h)))
     raise ValueError(f"unknown scheme {scheme!r}")
 
@@ -208,7 +212,7 @@ def test_renewal_rate_of_the_micro_scheme_against_a_direct_sum():
 @pytest.mark.parametrize("drive", ["rp", "input"])
 @pytest.mark.parametrize("simulator, scheme, step", [
     ("ours_micro", "micro", H), ("nest_micro", "micro", H), ("brian2", "micro", H),
-    ("nest_meso", "nest_meso", H), ("ours_meso", "ours_meso", DT)])
+    ("nest_meso", "nest_meso", H), ("ours_meso", "ours_meso_exact", DT), ("ours_meso_euler", "ours_meso_euler", DT)])
 def test_uncoupled_population_fires_at_the_renewal_rate(simulator, scheme, step, drive, request):
     """400 independent neurons with constant drive, 20 s: the mean rate agrees with renewal theory
     of the simulator's own discretisation within 3 standard errors.
@@ -216,12 +220,12 @@ def test_uncoupled_population_fires_at_the_renewal_rate(simulator, scheme, step,
     drive "rp": resting potential 8; "input": resting potential 0 and a constant input of 8 amem /s,
     which the schemes integrate differently: NEST exactly (V tends to 8), our micro step and Brian2
     (with its gain) as h * input per step (V tends to 8 h amem / (1 - exp(-h amem)) = 8.040), and
-    our mesoscopic forward Euler to 8.
+    our mesoscopic model, in both schemes, to 8.
 
     SE from 38 batches of 0.5 s (ISIs last 59 ms, so batches are nearly independent); the 3-SE
     tolerance with an estimated SE is a t test with 37 degrees of freedom: a correct simulator fails
-    with probability 0.5%. Measured here: |error| <= 2.2 SE; the schemes' own rates differ by up to
-    6.6% (ours_meso at 4 ms: 18.14 Hz against 17.02 Hz at 0.2 ms)."""
+    with probability 0.5%. The schemes' own rates differ by up to 6.6% (ours_meso_euler at 4 ms:
+    18.14 Hz, ours_meso (exact) at 4 ms: 17.00 Hz, against 17.02 Hz at 0.2 ms)."""
     _needs(simulator, request)
     amem, duration = 50.0, 20.0
     V_limit = RENEWAL_RP
@@ -258,8 +262,9 @@ def test_rates_while_dominant_agree(ours, peer, step, request):
     (one-sided t, 18 degrees of freedom); the noise is what 20 s allows: 0.7% (winner), 2-4% (loser),
     0.05% (I) of the rate per run, so the loser is checked loosely here and tightly by bench/peers.py.
     The mesoscopic pair runs at 0.5 ms (ours: dt = 0.5 ms, a_cutoff 1 s): at neuLVM's 4 ms bins our
-    mesoscopic model is a different discretisation (winner 21.7, loser 3.5 Hz, against 18.2-18.5 and
-    6.5-6.7 Hz for NEST at 0.2 ms), and NEST's own scheme moves as much between 0.2 and 1 ms.
+    mesoscopic model is a different discretisation (exact scheme: winner 17.9, loser 7.2 Hz; euler: 21.7
+    and 3.5 Hz; against 18.2-18.5 and 6.5-6.7 Hz for NEST at 0.2 ms), and NEST's own scheme moves as
+    much between 0.2 and 1 ms.
     """
     _needs(peer, request)
     net = winner_take_all()

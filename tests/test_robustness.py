@@ -27,6 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 from src import neulvm
 from src.dataset import FORMAT, PARAMS, DatasetError, load_recording
+from src.fast_np import SCHEMES
 from src.em import NonFiniteError, e_step, m_step
 from src.network import Network, winner_take_all
 from src.results import (
@@ -275,6 +276,7 @@ def resumable_folder(tmp_path):
     folder = run_folder(tmp_path / "results")
     os.makedirs(folder)
     options = {"trial_length": 1.0, "t_perbatch": 1.0, "end_timepoint": 2.0, "a_cutoff": 0.2, "dt": 0.004,
+               "scheme": "exact",
                "with_input": 0, "M": 3, "N": "", "Nsampled": 3, "B": 1, "lb": 0.4, "ub": 2.0, "amem": "", "J": "",
                "rp": "", "ft": "", "sampled_spike_history_smoothed_w": 400.0, "train_Noinit": 0,
                "method": "L-BFGS-B", "mstep_grad": "exact"}
@@ -633,7 +635,10 @@ def check_run_files(folder):
         else:
             assert re.fullmatch(r"init_param|minimizor_result_\d+|E\d+_est_param", name), name
             for key, value in load_arrays(path).items():
-                assert np.all(np.isfinite(value)), (name, key)
+                if key == "scheme":
+                    assert str(value) in SCHEMES, (name, value)
+                else:
+                    assert np.all(np.isfinite(value)), (name, key)
     steps = []
     if os.path.exists(os.path.join(folder, "summary.json")):
         steps = [s["em_step"] for s in load_json(os.path.join(folder, "summary.json"))["em_steps"]]

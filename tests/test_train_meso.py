@@ -143,3 +143,72 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     np.testing.assert_allclose(again["theta_final"], whole["theta_final"], rtol=1e-6)
     np.testing.assert_allclose(again["final_loss"], whole["final_loss"], rtol=1e-6)
     assert len(again["em_steps"]) == len(whole["em_steps"])
+
+
+@pytest.mark.parametrize("dt", [0.002, 0.001])
+def test_fit_at_finer_bins(tmp_path, dt):
+    """A tiny fit at 2 and 1 ms: the window has 1 s / dt bins and 0.2 s / dt ages, the refractory
+    period ceil(ref_t / dt) bins, and the final loss is the numpy reference's at the saved theta and Z."""
+    summary = train_meso.main(SHORT + ["--dt", str(dt), "--max_EMsteps", "1", "--Emaxiters", "3",
+                                       "--Mmaxiters", "5", "--SAVE_DIR", str(tmp_path) + "/"])
+    folder = run_folder(tmp_path)
+    est = load_arrays(os.path.join(folder, "E0_est_param"))
+    T = int(round(1.0 / dt))
+    assert est["Z"].shape == (1, 3, T) and est["dt"] == dt and est["scheme"] == "exact"
+    window = neulvm.load_window(DATASET, dt=dt, trial_length=1, t_perbatch=1, end_timepoint=2, a_cutoff=0.2)
+    assert window.K == int(round(0.2 / dt)) and window.R == int(np.ceil(0.004 / dt - 1e-9))
+    expected = neulvm.losses(est["theta"], window, est["Z"], backend="numpy", scheme="exact")
+    assert summary["final_loss"] == pytest.approx(sum(expected), rel=1e-9)
+
+
+def as_killed_before_its_final_save(folder, legacy=False):
+    """Mark a finished run unfinished, so that --resume continues it (with a larger --max_EMsteps);
+    legacy: also remove its scheme, as in summaries written before the scheme was recorded."""
+    path = os.path.join(folder, "summary.json")
+    with open(path) as f:
+        summary = json.load(f)
+    summary["finished"] = False
+    if legacy:
+        del summary["options"]["scheme"]
+    with open(path, "w") as f:
+        json.dump(summary, f)
+
+
+def test_euler_run_resumes_and_simulates_as_euler(tmp_path, capsys):
+    """A run fitted with --scheme euler continues as euler on --resume without --scheme, refuses another
+    --scheme, and is simulated as euler; a summary without a scheme is read as euler, said once."""
+    save = ["--SAVE_DIR", str(tmp_path) + "/"]
+    train_meso.main(SHORT + ["--scheme", "euler", "--max_EMsteps", "1"] + save)
+    folder = run_folder(tmp_path)
+    as_killed_before_its_final_save(folder)
+    summary = train_meso.main(SHORT + ["--max_EMsteps", "2", "--resume"] + save)      # no --scheme given
+    assert summary["options"]["scheme"] == "euler" and len(summary["em_steps"]) == 2
+    window = short_window()
+    for e in (0, 1):
+        est = load_arrays(os.path.join(folder, f"E{e}_est_param"))
+        assert est["scheme"] == "euler" and est["dt"] == 0.004 and est["a_cutoff"] == 0.2
+        euler = sum(neulvm.losses(est["theta"], window, est["Z"], backend="numpy", scheme="euler"))
+        exact = sum(neulvm.losses(est["theta"], window, est["Z"], backend="numpy", scheme="exact"))
+        assert est["loss_y"] + est["loss_Z"] == pytest.approx(euler, rel=1e-9) and abs(exact - euler) > 1e-3
+    with pytest.raises(train_meso.UsageError, match="--scheme is 'exact' but the run .* was fitted with 'euler'"):
+        train_meso.main(SHORT + ["--max_EMsteps", "3", "--resume", "--scheme", "exact"] + save)
+
+    # the free simulation of the run uses its scheme: the same seed gives euler's trajectory
+    import simulate_with_trainedparams
+    assert simulate_with_trainedparams.main(["--run", folder, "--duration", "2", "--seed", "3"]) == 0
+    with open(os.path.join(folder, "simulation_none_seed3.json")) as f:
+        written = json.load(f)
+    assert written["scheme"] == "euler"
+    net = load_recording(DATASET).network.with_theta(summary["theta_final"])
+    for scheme, same in (("euler", True), ("exact", False)):
+        sim = neulvm.simulate(net, 2.0, 3, dt=0.004, a_cutoff=0.2, scheme=scheme)
+        assert np.allclose(sim["A"].mean(1), written["mean_rates_Hz"], rtol=1e-9) == same, scheme
+
+    # a run written before the scheme was recorded is read as euler, and that is said once
+    as_killed_before_its_final_save(folder, legacy=True)
+    capsys.readouterr()
+    summary = train_meso.main(SHORT + ["--max_EMsteps", "3", "--resume"] + save)
+    assert summary["options"]["scheme"] == "euler"
+    assert simulate_with_trainedparams.main(["--run", folder, "--duration", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("read as scheme 'euler'") == 1, err
