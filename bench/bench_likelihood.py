@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+import src  # noqa: E402,F401  (sets TensorFlow's environment, as every entry point does, before it is imported)
+
 # defaults
 DATASET = ROOT / "dataset" / "3pop_noinput_small.npz"   # shipped 11 s recording: the default window
 LONG = "/tmp/rec100.npz"        # 102 s recording for the 10, 30 and 100 s windows
@@ -70,12 +72,12 @@ def timed(f, repeats):
     return float(np.median(walls)), float(min(walls)), first, float(np.median(cpus))
 
 
-def window_of(path, seconds, dt=0.004):
+def window_of(path, seconds, dt=0.004, a_cutoff=1.0):
     from src import neulvm
     if seconds is None:
-        return neulvm.load_window(str(path), dt=dt)
+        return neulvm.load_window(str(path), dt=dt, a_cutoff=a_cutoff)
     return neulvm.load_window(str(path), trial_length=seconds, t_perbatch=seconds, end_timepoint=1.0 + seconds,
-                              dt=dt)
+                              dt=dt, a_cutoff=a_cutoff)
 
 
 def configure_threads(n):
@@ -87,11 +89,18 @@ def configure_threads(n):
 
 def child(what, seconds, dt, args):
     """One configuration in a fresh process: print the peak resident memory (MiB) once the data and
-    the model are loaded (the baseline), and after one evaluation (including XLA's compilation).
-    seconds 0: the default window of the shipped dataset."""
+    the model are loaded (the baseline), and after one evaluation (including XLA's compilation); or,
+    for what = "time_theta", the median wall time (ms) of loss + gradient wrt theta (the process's
+    environment, e.g. TF_ENABLE_ONEDNN_OPTS, is the point). seconds 0: the default window."""
     from src import fast_np
     window = window_of(DATASET, None, dt) if seconds == 0 else window_of(args.long, seconds, dt)
     Z = np.clip(window.Z_true, 1e-5, 1)
+    if what == "time_theta":
+        configure_threads(args.threads)
+        from src.LIFmesoCell import MesoModel
+        model = MesoModel(window, window.net.theta, Z, SCHEME)
+        print(f"{timed(lambda: model.value_and_grad('theta')[2].numpy(), REPEATS)[0] * 1e3:.1f}")
+        return
     if what == "numpy":
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # MiB (Linux reports KiB)
         fast_np.losses(window.net, window, Z, SCHEME)
@@ -104,11 +113,19 @@ def child(what, seconds, dt, args):
     print(f"{base:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
-def peak_memory(what, seconds, args, dt=0.004):
+def peak_memory(what, seconds, args, dt=0.004, env=None):
+    """(baseline, peak) MiB of child(what, ...) in a fresh process; for "time_theta" its one figure."""
     cmd = [sys.executable, __file__, "--child", what, str(seconds), str(dt), "--long", args.long,
            "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
-    return float(out[-2]), float(out[-1])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.split()
+    return float(out[-1]) if what == "time_theta" else (float(out[-2]), float(out[-1]))
+
+
+def make_long(args):
+    if not os.path.exists(args.long):
+        print(f"\nmaking {args.long} with the microscopic simulator (102 s, seed {LONG_SEED}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "src.microsim", "--out", args.long, "--duration", "102",
+                        "--seed", str(LONG_SEED)], cwd=ROOT, check=True, capture_output=True)
 
 
 def main():
@@ -119,10 +136,7 @@ def main():
     print(f"{os.cpu_count()} cores, intra-op threads {args.threads or 'default'}; load average at start: {load()}")
     if args.only == "bins":
         return bins(args)
-    if not os.path.exists(args.long):
-        print(f"\nmaking {args.long} with the microscopic simulator (102 s, seed {LONG_SEED}) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "src.microsim", "--out", args.long, "--duration", "102",
-                        "--seed", str(LONG_SEED)], cwd=ROOT, check=True, capture_output=True)
+    make_long(args)
     # first, while this process is small: a child's ru_maxrss starts at its parent's peak (Linux keeps
     # the larger of the two across fork and exec)
     print(f"peak resident memory (ru_maxrss) on the {T_SERIES[-1]:g} s window, each in a fresh process "
@@ -191,13 +205,31 @@ def main():
 
 def bins(args):
     """Both schemes at 4 ms on the default window (same run), then the exact scheme at 2 and 1 ms
-    (the same 10 s of data, 1 s age cutoff: 4 and 16 times the grid), speed and peak memory."""
-    print("peak resident memory of loss + gradient wrt theta, default window, each in a fresh process:")
-    for dt in BINS:
-        base, peak = peak_memory("theta", 0, args, dt)
-        print(f"  dt = {dt * 1e3:g} ms: peak {peak:6.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})   load {load()}")
+    (the same 10 s of data, 1 s age cutoff: 4 and 16 times the grid), speed and peak memory; the
+    100 s window's peak at 4 ms; the loss at the true parameters with a 0.5 s age cutoff; the speed
+    with TensorFlow's oneDNN operations on (src/__init__ turns them off)."""
+    make_long(args)
+    print("peak resident memory of loss + gradient wrt theta, each in a fresh process:")
+    for seconds, dt in [(0, dt) for dt in BINS] + [(T_SERIES[-1], 0.004)]:
+        base, peak = peak_memory("theta", seconds, args, dt)
+        label = "default window" if seconds == 0 else f"{seconds:g} s window"
+        print(f"  {label}, dt = {dt * 1e3:g} ms: peak {peak:6.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})"
+              f"   load {load()}")
+    print(f"loss + gradient wrt theta, default window, 4 ms, {SCHEME}, median of {REPEATS} in a fresh process:")
+    onednn = {flag: peak_memory("time_theta", 0, args, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag})
+              for flag in ("0", "1")}
+    print(f"  oneDNN off (the default) {onednn['0']:.1f} ms, on {onednn['1']:.1f} ms: on / off = "
+          f"{onednn['1'] / onednn['0']:.2f}   load {load()}")
     configure_threads(args.threads)
     from src.LIFmesoCell import MesoModel
+    print("loss_y + loss_Z at the true parameters and the true activity, default window, by age cutoff:")
+    for dt in (0.004, 0.001):
+        loss = {}
+        for a_cutoff in (1.0, 0.5):
+            window = window_of(DATASET, None, dt, a_cutoff)
+            loss[a_cutoff] = sum(MesoModel(window, window.net.theta, np.clip(window.Z_true, 1e-5, 1), SCHEME).losses())
+        print(f"  dt = {dt * 1e3:g} ms: 1 s {loss[1.0]:.6f}, 0.5 s {loss[0.5]:.6f} (difference {loss[0.5] - loss[1.0]:+.2e}, "
+              f"relative {(loss[0.5] - loss[1.0]) / abs(loss[1.0]):+.1e})")
     medians = {}
     for dt, scheme in [(0.004, "euler"), (0.004, "exact"), (0.002, "exact"), (0.001, "exact")]:
         window = window_of(DATASET, None, dt)

@@ -1,7 +1,7 @@
 """The physics table of README "The bins" (issue 11): how close each integrator of the mesoscopic
 model, at each bin, comes to the microscopic network it describes.
 
-    python bench/physics.py                                   # the whole table (about 15 minutes)
+    python bench/physics.py                                   # the whole table (about 6 minutes)
     python bench/physics.py --wta_duration 200 --only exact_4ms micro   # a quick look
 
 Rows: our mesoscopic model (model.md section 5, free simulation with the true parameters) with the

@@ -23,10 +23,13 @@ def test_linear_filter_matches_loop():
     np.testing.assert_allclose(linear_filter(tf.constant(a), tf.constant(x)).numpy(), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("T", [1, 7, 60, 300])
-@pytest.mark.parametrize("B, Nobs, with_input, silent", [
-    (1, 1, False, False), (2, 3, True, True), (1, 30, True, False), (2, 1, False, True)])
-@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+# every case of issue 3 for the default scheme; euler at the shortest and the longest window (each
+# case compiles its own XLA graph, a few seconds, and both schemes share every line but (q, g))
+CASES = [(1, 1, False, False), (2, 3, True, True), (1, 30, True, False), (2, 1, False, True)]
+
+
+@pytest.mark.parametrize("B, Nobs, with_input, silent", CASES)
+@pytest.mark.parametrize("scheme, T", [("exact", T) for T in (1, 7, 60, 300)] + [("euler", 1), ("euler", 300)])
 def test_losses_equal_reference(T, B, Nobs, with_input, silent, scheme):
     net, window, theta, Z = random_case(seed=T + 10 * B + Nobs, B=B, Nobs=Nobs, T=T,
                                         with_input=with_input, silent_neuron=silent)
@@ -53,8 +56,7 @@ def test_float32_close_to_float64(scheme):
     np.testing.assert_allclose(MesoModel(window, theta, Z, scheme, dtype=tf.float32).losses(), expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
+@pytest.mark.parametrize("scheme, seed", [("exact", 0), ("exact", 1), ("euler", 0)])
 def test_theta_gradient_equals_finite_differences(seed, scheme):
     net, window, theta, Z = random_case(seed=seed, B=2, Nobs=2, T=40, K=50, with_input=True, silent_neuron=True)
     _, _, grad = MesoModel(window, theta, Z, scheme).value_and_grad("theta")
@@ -86,10 +88,10 @@ def test_Z_gradient_equals_finite_differences(scheme):
         np.testing.assert_allclose(grad.numpy()[idx], fd, rtol=RTOL_GRAD, atol=1e-6, err_msg=f"dLoss/dZ{idx}")
 
 
-@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
-def test_loss_is_smooth_along_theta(scheme):
+def test_loss_is_smooth_along_theta(scheme="exact"):
     """No jump where lam*dt crosses 0.01 (the original switched formulas there): along a line through
-    the box, the autodiff slope equals the slope of central differences of the reference at every point."""
+    the box, the autodiff slope equals the slope of central differences of the reference at every point
+    (the escape function, where a jump would be, is the same for both schemes)."""
     net, window, _, Z = random_case(seed=7, T=40, K=50)
     lo, hi = 0.4 * net.theta, 2.0 * net.theta
     model = MesoModel(window, net.theta, Z, scheme)
@@ -103,20 +105,19 @@ def test_loss_is_smooth_along_theta(scheme):
         np.testing.assert_allclose(grad.numpy() @ direction, fd, rtol=1e-5, atol=1e-6, err_msg=f"at s={s:.2f}")
 
 
-@pytest.mark.parametrize("corner", ["low", "high", "mixed"])
 @pytest.mark.parametrize("scheme", fast_np.SCHEMES)
-def test_finite_at_bounds(corner, scheme):
+def test_finite_at_bounds(scheme):
     net, window, _, Z = random_case(seed=8, T=40, K=50, silent_neuron=True)
     lo, hi = 0.4 * net.theta, 2.0 * net.theta
-    theta = {"low": lo, "high": hi, "mixed": np.where(np.arange(12) % 2, lo, hi)}[corner]
     Z_edges = Z.copy()
     Z_edges[..., ::3] = 1e-5
     Z_edges[..., 1::5] = 1.0
-    model = MesoModel(window, theta, Z_edges, scheme)
-    for wrt in ("theta", "Z"):
-        loss_y, loss_Z, grad = model.value_and_grad(wrt)
-        assert np.isfinite(float(loss_y)) and np.isfinite(float(loss_Z)), (corner, wrt, loss_y, loss_Z)
-        assert np.all(np.isfinite(grad.numpy())), (corner, wrt)
+    model = MesoModel(window, lo, Z_edges, scheme)
+    for corner, theta in {"low": lo, "high": hi, "mixed": np.where(np.arange(12) % 2, lo, hi)}.items():
+        for wrt in ("theta", "Z"):
+            loss_y, loss_Z, grad = model.value_and_grad(wrt, theta=theta)
+            assert np.isfinite(float(loss_y)) and np.isfinite(float(loss_Z)), (corner, wrt, loss_y, loss_Z)
+            assert np.all(np.isfinite(grad.numpy())), (corner, wrt)
 
 def test_time_chunks_tile_the_window():
     for T, K, n in [(200, 50, 2), (777, 60, 2), (2500, 250, 2), (25000, 250, 4), (100, 50, 2)]:
@@ -127,9 +128,9 @@ def test_time_chunks_tile_the_window():
 
 
 @pytest.mark.parametrize("wrt", ["theta", "Z"])
-@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
-def test_chunked_gradient_equals_finite_differences(wrt, scheme):
-    """T = 200 >= 3K: two chunks of 125 bins that overlap by K = 50."""
+def test_chunked_gradient_equals_finite_differences(wrt, scheme="exact"):
+    """T = 200 >= 3K: two chunks of 125 bins that overlap by K = 50 (the chunking does not depend on
+    the scheme, whose adjoint the unchunked tests above check for both)."""
     net, window, _, Z = random_case(seed=4, B=2, Nobs=2, T=200, K=50, with_input=True, silent_neuron=True)
     theta = net.theta * np.random.default_rng(4).uniform(0.8, 1.25, net.theta.size)
     model = MesoModel(window, theta, Z, scheme)
@@ -152,16 +153,15 @@ def test_chunked_gradient_equals_finite_differences(wrt, scheme):
         np.testing.assert_allclose(grad.numpy()[idx], fd, rtol=1e-5, atol=1e-6, err_msg=f"d/d{wrt}{idx}")
 
 
-@pytest.mark.parametrize("group", range(4))
 @pytest.mark.parametrize("scheme", fast_np.SCHEMES)
-def test_truth_beats_scaled_parameters_on_the_dataset(group, scheme):
+def test_truth_beats_scaled_parameters_on_the_dataset(scheme):
     """Default window of the shipped dataset, true activity: scaling one parameter group (amem, J, rp
     or ft) by 0.7 or 1.3 raises the loss."""
     window = neulvm.load_window(DATASET)
     truth, Z = window.net.theta, np.clip(window.Z_true, 1e-5, 1.0)
     model = MesoModel(window, truth, Z, scheme)
     best = sum(model.losses())
-    for factor in (0.7, 1.3):
+    for group, factor in [(g, f) for g in range(4) for f in (0.7, 1.3)]:
         theta = truth.copy()
         theta[group * 3:(group + 1) * 3] *= factor
         assert sum(model.losses(theta=theta)) > best, (group, factor)
@@ -182,10 +182,9 @@ def test_public_losses_reject_bad_input():
         neulvm.simulate(net, 1.0, seed=0, scheme="Exact")
 
 
-@pytest.mark.parametrize("scheme", fast_np.SCHEMES)
-def test_losses_and_gradients_at_2ms(scheme):
+def test_losses_and_gradients_at_2ms(scheme="exact"):
     """dt = 2 ms: two refractory bins (R = 2), the TF values equal the reference and the gradients
-    equal central differences (theta: every entry; Z: a sample)."""
+    equal central differences (theta: every entry; Z: a sample), with the default scheme."""
     net, window, theta, Z = random_case(seed=12, B=1, Nobs=2, T=90, K=80, with_input=True, silent_neuron=True,
                                         dt=0.002)
     theta = net.theta * np.random.default_rng(12).uniform(0.8, 1.25, net.theta.size)

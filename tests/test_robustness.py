@@ -696,7 +696,7 @@ def phase_of(log):
     return "in the start-up (imports, initial files)"
 
 
-KILLS = 20
+KILLS = 10          # about 12 s each; they cover the three phases of KILL_AFTER
 # A kill comes a random time after a random one of these lines of the run's log: "start" covers the
 # imports and the initial files, "bins of" the compilation and an M-step, "M-step" an E-step, the
 # saving of its results and the next M-step (each EM step of TINY takes about a second)
