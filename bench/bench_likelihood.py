@@ -113,8 +113,9 @@ def child(what, seconds, dt, args):
     print(f"{base:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
-def peak_memory(what, seconds, args, dt=0.004, env=None):
-    """(baseline, peak) MiB of child(what, ...) in a fresh process; for "time_theta" its one figure."""
+def child_figures(what, seconds, args, dt=0.004, env=None):
+    """What child(what, ...) prints, run in a fresh process: (baseline, peak) MiB, or for "time_theta"
+    the median in ms."""
     cmd = [sys.executable, __file__, "--child", what, str(seconds), str(dt), "--long", args.long,
            "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.split()
@@ -141,7 +142,7 @@ def main():
     # the larger of the two across fork and exec)
     print(f"peak resident memory (ru_maxrss) on the {T_SERIES[-1]:g} s window, each in a fresh process "
           f"(baseline = imports and data):")
-    peaks = {what: peak_memory(what, T_SERIES[-1], args) for what in ("numpy", "Z", "theta")}
+    peaks = {what: child_figures(what, T_SERIES[-1], args) for what in ("numpy", "Z", "theta")}
     for what, (base, peak) in peaks.items():
         label = "numpy loop, loss" if what == "numpy" else f"TF loss + gradient wrt {what}"
         print(f"  {label:28s}: peak {peak:7.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})  "
@@ -211,12 +212,12 @@ def bins(args):
     make_long(args)
     print("peak resident memory of loss + gradient wrt theta, each in a fresh process:")
     for seconds, dt in [(0, dt) for dt in BINS] + [(T_SERIES[-1], 0.004)]:
-        base, peak = peak_memory("theta", seconds, args, dt)
+        base, peak = child_figures("theta", seconds, args, dt)
         label = "default window" if seconds == 0 else f"{seconds:g} s window"
         print(f"  {label}, dt = {dt * 1e3:g} ms: peak {peak:6.0f} MiB (baseline {base:.0f} MiB, +{peak - base:.0f})"
               f"   load {load()}")
     print(f"loss + gradient wrt theta, default window, 4 ms, {SCHEME}, median of {REPEATS} in a fresh process:")
-    onednn = {flag: peak_memory("time_theta", 0, args, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag})
+    onednn = {flag: child_figures("time_theta", 0, args, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag})
               for flag in ("0", "1")}
     print(f"  oneDNN off (the default) {onednn['0']:.1f} ms, on {onednn['1']:.1f} ms: on / off = "
           f"{onednn['1'] / onednn['0']:.2f}   load {load()}")

@@ -96,6 +96,14 @@ def switch_rate_se(summary):
     return cv * np.sqrt(n) / summary["duration_s"]
 
 
+def write_record(out, record):
+    """Write a bench's figures and configuration, with the software versions, to the JSON file out."""
+    record = {**record, "versions": {"python": platform.python_version(), "numpy": np.__version__, "src": __version__}}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=1))
+    print(f"\nwrote {out}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=DURATION, help=f"s simulated by each (default {DURATION:g})")
@@ -172,13 +180,10 @@ def main(argv=None):
             verdict = ""
         print(f"  {key:<50} {value:>6.3f}  {verdict}")
 
-    record = {"config": {"duration_s": args.duration, "seed": args.seed, "skip_s": SKIP, "meso_dt": args.meso_dt, "network": {
-        k: np.asarray(v).tolist() for k, v in net.to_dict().items()}},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "src": __version__},
-        "results": results, "ratios": ratios}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"\nwrote {args.out}")
+    write_record(args.out, {"config": {"duration_s": args.duration, "seed": args.seed, "skip_s": SKIP,
+                                       "meso_dt": args.meso_dt, "network": {
+                                           k: np.asarray(v).tolist() for k, v in net.to_dict().items()}},
+                            "results": results, "ratios": ratios})
     return 0
 
 

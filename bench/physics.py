@@ -18,8 +18,6 @@ Columns:
 Every row uses --seed. Writes the figures, the configuration and the versions to --out (JSON).
 """
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.peers import switch_rate_se  # noqa: E402
-from src import __version__, neulvm, peers  # noqa: E402
+from bench.peers import switch_rate_se, write_record  # noqa: E402
+from src import neulvm, peers  # noqa: E402
 from src.microsim import H, simulate, use_one_tf_thread  # noqa: E402
 from src.network import Network, winner_take_all  # noqa: E402
 
@@ -111,15 +109,11 @@ def main(argv=None):
     print(f"\nseed {args.seed}; single populations {args.single_duration:g} s, winner-take-all "
           f"{args.wta_duration:g} s, each after {SKIP:g} s\n")
     print(table(rows))
-    record = {"config": {"single_duration_s": args.single_duration, "wta_duration_s": args.wta_duration,
-                         "seed": args.seed, "skip_s": SKIP, "a_cutoff_s": neulvm.A_CUTOFF,
-                         "single_drives": SINGLE_DRIVES, "wta_network": {
-                             k: np.asarray(v).tolist() for k, v in winner_take_all().to_dict().items()}},
-              "versions": {"python": platform.python_version(), "numpy": np.__version__, "src": __version__},
-              "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"\nwrote {args.out}")
+    write_record(args.out, {"config": {"single_duration_s": args.single_duration, "wta_duration_s": args.wta_duration,
+                                       "seed": args.seed, "skip_s": SKIP, "a_cutoff_s": neulvm.A_CUTOFF,
+                                       "single_drives": SINGLE_DRIVES, "wta_network": {
+                                           k: np.asarray(v).tolist() for k, v in winner_take_all().to_dict().items()}},
+                            "rows": rows})
     return 0
 
 

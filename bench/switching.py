@@ -23,7 +23,6 @@ Variants:
   delay_2       the synaptic drive of bin t from Z(t-2) instead of Z(t-1) (one bin more delay)
 """
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench.peers import switch_rate_se, write_record  # noqa: E402
 from src import fast_np  # noqa: E402
 from src.network import winner_take_all  # noqa: E402
 from src.report import dwell_summary, dwell_times  # noqa: E402
@@ -107,10 +107,10 @@ def measure(variant, batches, duration, seed):
     skip = int(round(SKIP / DT))
     d = dwell_times([z[:, skip:] * net.N[:, None] for z in Z], net.N, DT)
     n, mean, _, cv = dwell_summary(d["durations"])
-    rate = d["switches"] / d["seconds"]
-    return {"winner_hz": d["rate_winner"], "loser_hz": d["rate_loser"], "inhibitory_hz": float(d["rate_others"][0]),
-            "switches_per_s": rate, "switches_se": (cv if np.isfinite(cv) else 1.0) * np.sqrt(d["switches"]) / d["seconds"],
-            "dwell_mean_s": mean, "dwell_cv": cv, "n_dwell": n, "seconds": d["seconds"]}
+    row = {"winner_hz": d["rate_winner"], "loser_hz": d["rate_loser"], "inhibitory_hz": float(d["rate_others"][0]),
+           "switches_per_s": d["switches"] / d["seconds"], "duration_s": d["seconds"],
+           "dwell_mean_s": mean, "dwell_cv": cv, "n_dwell": n}
+    return {**row, "switches_se": switch_rate_se(row)}
 
 
 def main(argv=None):
@@ -130,10 +130,7 @@ def main(argv=None):
         print(f"{variant:<12} {r['winner_hz']:>7.2f} {r['loser_hz']:>6.2f} {r['inhibitory_hz']:>6.2f} "
               f"{r['switches_per_s']:>6.3f}±{r['switches_se']:.3f} {r['dwell_mean_s']:>7.2f} {r['dwell_cv']:>5.2f}",
               flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": vars(args) | {"dt": DT, "skip_s": SKIP}, "micro": MICRO,
-                                          "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_record(args.out, {"config": vars(args) | {"dt": DT, "skip_s": SKIP}, "micro": MICRO, "rows": rows})
     return 0
 
 
