@@ -6,102 +6,60 @@
     python simulate_with_trainedparams.py --input ou --ou_sigma 100
     python simulate_with_trainedparams.py --result_dir /tmp/res/data3
 
-The best run is the one with the lowest final loss (src/runs.py); --run picks one (a run name in
---result_dir, or the path of a run folder). The model is rebuilt from the run alone: the fitted theta
-and its scheme, dt and a_cutoff from its summary.json (a run of the earlier format, without a scheme,
-is forward Euler: said once), the fixed parameters (N, asyn, conmat, ref_t, eps, initial
-rates) from the recording it was fitted to (if that file is gone: the winner-take-all network of
-model.md, with a note). Writes into the run folder:
+It holds what the original project's script of that name did. The best run is the one with the
+lowest final loss (src/runs.py); --run picks one (a run name in --result_dir, or the path of a run
+folder). The model is rebuilt from the run's summary.json alone (src.results.RunSummary): the fixed
+parameters (N, asyn, conmat, ref_t, eps, initial rates), the fitted theta, and the scheme, dt and
+a_cutoff of the fit (a run of the earlier format, without a scheme, is forward Euler: said once).
+The recording it was fitted to is not needed. Writes into the run folder:
     simulation_{input}_seed{seed}.png and .svg   population activity as spike counts per bin, smoothed,
                                                  and the input
     simulation_{input}_seed{seed}.json           seed, options, theta, command, versions, mean rates
 The model's random draws come from --seed; the OU input's from the seed pair (seed, 1).
 """
-import argparse
 import dataclasses
 import os
-import platform
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import src  # noqa: F401  (imported before TensorFlow, it quiets it: src/__init__.py)
+from src.cli import NoResult, UsageError, check, option, parse   # src first: it quiets TensorFlow
 
 PROG = "simulate_with_trainedparams.py"
 
 
 @dataclass
 class Options:
-    result_dir: str = "result/3pop example/data11"  # folder with the runs train0..train4
-    run: str = ""                 # one run (name in result_dir, or a run folder); default: lowest final loss
-    duration: float = 100.0       # s simulated
-    seed: int = 1                 # seed of every random draw of the model
-    input: str = "none"           # external input: none, pulses or ou
-    pulse_amplitude: float = 10.0  # potential units per s (2.5 mV/s; 50 raises V by one unit at steady state)
-    pulse_onsets: list = field(default_factory=lambda: [20.0, 60.0])  # s
-    pulse_duration: float = 0.5   # s
-    pulse_target: int = 1         # population receiving the pulses (0-based; 1 = E2)
-    ou_mean: float = 0.0          # OU input mean, potential units per s
-    ou_sigma: float = 100.0       # OU input standard deviation, potential units per s
-    smooth: float = 80.0          # ms, s.d. of the Gaussian smoothing of the plotted activity
-    debug: bool = False           # show tracebacks
-
-
-HELP = {
-    "result_dir": "folder with the runs (train0, train1, ...)",
-    "run": "one run: its name in --result_dir or the path of its folder (default: lowest final loss)",
-    "duration": "simulated time (s)", "seed": "seed of every random draw",
-    "input": "external input: none, pulses or ou",
-    "pulse_amplitude": "pulse amplitude (potential units per s; 50 raises V by one unit, 2.5 mV)",
-    "pulse_onsets": "pulse onsets (s)", "pulse_duration": "pulse duration (s)",
-    "pulse_target": "population receiving the pulses (0-based)",
-    "ou_mean": "OU input mean (potential units per s)", "ou_sigma": "OU input s.d. (potential units per s)",
-    "smooth": "s.d. of the Gaussian smoothing of the plot (ms)", "debug": "show tracebacks",
-}
-
-
-class UsageError(ValueError):
-    """Bad options: one line, exit status 2."""
-
-
-class NoResult(ValueError):
-    """No trained run: exit status 1."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    result_dir: str = option("result/3pop example/data11", "folder with the runs (train0, train1, ...)")
+    run: str = option("", "one run: its name in --result_dir or the path of its folder (default: lowest final loss)")
+    duration: float = option(100.0, "simulated time (s)")
+    seed: int = option(1, "seed of every random draw of the model")
+    input: str = option("none", "external input: none, pulses or ou")
+    pulse_amplitude: float = option(10.0, "pulse amplitude (potential units per s; 50 raises V by one unit, 2.5 mV)")
+    pulse_onsets: list = option([20.0, 60.0], "pulse onsets (s)")
+    pulse_duration: float = option(0.5, "pulse duration (s)")
+    pulse_target: int = option(1, "population receiving the pulses (0-based; 1 = E2)")
+    ou_mean: float = option(0.0, "OU input mean (potential units per s)")
+    ou_sigma: float = option(100.0, "OU input standard deviation (potential units per s)")
+    smooth: float = option(80.0, "s.d. of the Gaussian smoothing of the plotted activity (ms)")
+    debug: bool = option(False, "show tracebacks")
 
 
 def parse_options(argv=None):
-    parser = _OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Options):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", action="store_true", help=HELP[f.name])
-        elif f.type in (list, "list"):
-            parser.add_argument(f"--{f.name}", type=float, nargs="+", default=default,
-                                help=f"{HELP[f.name]} [default: {default}]")
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"{HELP[f.name]} [default: {default!r}]")
-    opt = Options(**vars(parser.parse_args(argv)))
-    for ok, message in [
-            (opt.duration > 0, f"--duration must be > 0 s, got {opt.duration!r}"),
-            (opt.input in ("none", "pulses", "ou"), f"--input must be none, pulses or ou, got {opt.input!r}"),
-            (opt.pulse_duration > 0, f"--pulse_duration must be > 0 s, got {opt.pulse_duration!r}"),
-            (all(t >= 0 for t in opt.pulse_onsets), f"--pulse_onsets must be >= 0 s, got {opt.pulse_onsets}"),
-            (opt.ou_sigma >= 0, f"--ou_sigma must be >= 0, got {opt.ou_sigma!r}"),
-            (opt.smooth >= 0, f"--smooth must be >= 0 ms, got {opt.smooth!r}")]:
-        if not ok:
-            raise UsageError(message)
+    opt = parse(Options, argv, PROG, __doc__)
+    check([(opt.duration > 0, f"--duration must be > 0 s, got {opt.duration!r}"),
+           (opt.input in ("none", "pulses", "ou"), f"--input must be none, pulses or ou, got {opt.input!r}"),
+           (opt.pulse_duration > 0, f"--pulse_duration must be > 0 s, got {opt.pulse_duration!r}"),
+           (all(t >= 0 for t in opt.pulse_onsets), f"--pulse_onsets must be >= 0 s, got {opt.pulse_onsets}"),
+           (opt.ou_sigma >= 0, f"--ou_sigma must be >= 0, got {opt.ou_sigma!r}"),
+           (opt.smooth >= 0, f"--smooth must be >= 0 ms, got {opt.smooth!r}")])
     return opt
 
 
 def pick_run(opt):
-    """(run folder, summary) of --run, or of the best run in --result_dir. A relative --result_dir
-    that is not in the current folder is looked up next to this script (the repository)."""
-    from src.results import load_json
+    """(run folder, src.results.RunSummary) of --run, or of the best run in --result_dir. A relative
+    --result_dir that is not in the current folder is looked up next to this script (the repository)."""
+    from src.results import ResultFileError, RunSummary
     from src.runs import best_run
 
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), opt.result_dir)
@@ -110,14 +68,14 @@ def pick_run(opt):
 
     if opt.run:
         folder = opt.run if os.path.isdir(opt.run) else os.path.join(opt.result_dir, opt.run)
-        path = os.path.join(folder, "summary.json")
         if not os.path.isdir(folder):
             raise UsageError(f"--run {opt.run!r}: no such run folder (looked for {folder!r})")
         try:
-            summary = load_json(path)
-            float(summary["final_loss"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            summary = RunSummary.load(os.path.join(folder, "summary.json"))
+        except ResultFileError as err:
             raise NoResult(f"{folder} has no complete summary.json ({err}): run bash 3pop_neuLVM.sh first") from None
+        if summary.final_loss is None:
+            raise NoResult(f"{folder} has no complete EM step yet: run bash 3pop_neuLVM.sh first")
         return folder, summary
     try:
         name, summary = best_run(opt.result_dir)
@@ -126,47 +84,23 @@ def pick_run(opt):
     return os.path.join(opt.result_dir, name), summary
 
 
-def fitted_network(summary):
-    """The fitted network and a note on where its fixed parameters came from."""
-    import numpy as np
-
-    from src.dataset import DatasetError, load_recording
-    from src.network import winner_take_all
-
-    path = summary.get("dataset", {}).get("path") or summary["options"]["dataset"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (path, os.path.join(here, path)):
-        try:
-            net = load_recording(candidate).network
-            return net.with_theta(summary["theta_final"]), f"fixed parameters from {candidate}"
-        except DatasetError:
-            continue
-    net = winner_take_all()
-    if len(summary["theta_final"]) != 4 * net.M:
-        raise UsageError(f"the recording {path!r} is gone and the fit has {len(summary['theta_final'])} "
-                         "parameters, not those of the winner-take-all network: cannot rebuild the model")
-    if not np.allclose(summary.get("theta_true", net.theta), net.theta):
-        print(f"note: {path} not found and its true theta is not the winner-take-all network's", file=sys.stderr)
-    return net.with_theta(summary["theta_final"]), f"{path} not found: fixed parameters of model.md's network"
-
-
 def external_input(opt, M, T, dt):
     """(M, T) input per bin of dt: built at the microscopic step and averaged over each bin, as the
     data is binned (src.helper.bin_recording)."""
     import numpy as np
 
-    from src.microsim import H, ou_input, pulse_input
+    from src.microsim import MICRO_DT, ou_input, pulse_input
 
     if opt.input == "none":
         return np.zeros((M, T))
-    steps = int(round(dt / H))
+    steps = int(round(dt / MICRO_DT))
     n = T * steps
     if opt.input == "pulses":
         if not 0 <= opt.pulse_target < M:
             raise UsageError(f"--pulse_target must be a population index in [0, {M}), got {opt.pulse_target!r}")
-        fine = pulse_input(M, n, opt.pulse_amplitude, opt.pulse_onsets, opt.pulse_duration, opt.pulse_target, H)
+        fine = pulse_input(M, n, opt.pulse_amplitude, opt.pulse_onsets, opt.pulse_duration, opt.pulse_target, MICRO_DT)
     else:
-        fine = ou_input(M, n, np.random.default_rng((opt.seed, 1)), mean=opt.ou_mean, sigma=opt.ou_sigma, h=H)
+        fine = ou_input(M, n, np.random.default_rng((opt.seed, 1)), mean=opt.ou_mean, sigma=opt.ou_sigma, h=MICRO_DT)
     return fine.reshape(M, T, steps).mean(-1)
 
 
@@ -203,36 +137,27 @@ def plot(path_base, sim, net, title, smooth_ms):
     plt.close(fig)
 
 
-def main(argv=None):
+def main(argv):
     """Exit status: 0 done, 1 no trained run, 2 bad options or files."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return simulate(parse_options(argv), argv)
-    except NoResult as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except (UsageError, ValueError, OSError) as err:
-        if "--debug" in argv:
-            raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return simulate(parse_options(argv), argv)
 
 
 def simulate(opt, argv):
     import numpy as np
 
-    from src import __version__, neulvm
+    from src import neulvm
+    from src.cli import software_versions
     from src.microsim import dominance
     from src.results import save_json
-    from src.runs import fit_discretisation, parameter_table
+    from src.runs import parameter_table
 
-    # -- the fitted model ------------------------------------------------------------------------
+    # -- the fitted model, from the run's summary alone ---------------------------------------------
     folder, summary = pick_run(opt)
     name = os.path.basename(os.path.normpath(folder))
-    net, source = fitted_network(summary)
-    scheme, dt, a_cutoff = fit_discretisation(summary, os.path.join(folder, "summary.json"))
+    net, scheme, dt, a_cutoff = summary.fitted_network(), summary.scheme, summary.dt, summary.a_cutoff
+    source = f"fixed parameters from {summary.path} (the network of the recording {summary.dataset['path']})"
     print(parameter_table({name: summary}))
-    print(f"run {folder}: final loss {summary['final_loss']:.6f}; scheme {scheme}, dt {dt * 1e3:g} ms, "
+    print(f"run {folder}: final loss {summary.final_loss:.6f}; scheme {scheme}, dt {dt * 1e3:g} ms, "
           f"age cutoff {a_cutoff:g} s; {source}")
 
     # -- free simulation ------------------------------------------------------------------------
@@ -244,19 +169,16 @@ def simulate(opt, argv):
 
     # -- save -----------------------------------------------------------------------------------
     base = os.path.join(folder, f"simulation_{opt.input}_seed{opt.seed}")
-    title = (f"{name} (final loss {summary['final_loss']:.5f}): free simulation, {opt.duration:g} s, "
+    title = (f"{name} (final loss {summary.final_loss:.5f}): free simulation, {opt.duration:g} s, "
              f"seed {opt.seed}, input {opt.input}, scheme {scheme}, dt {dt * 1e3:g} ms\ntheta (amem, J, rp, ft) = "
              + " ".join(f"{x:.3g}" for x in net.theta))
     plot(base, sim, net, title, opt.smooth)
-    import matplotlib
-    import scipy
     save_json(base + ".json", {
-        "run": folder, "final_loss": summary["final_loss"], "theta": net.theta, "theta_names": summary["theta_names"],
-        "fixed_parameters": source, "seed": opt.seed, "options": dataclasses.asdict(opt), "scheme": scheme,
+        "run": folder, "final_loss": summary.final_loss, "theta": net.theta, "theta_names": summary.theta_names,
+        "fixed_parameters": source, "network": net.to_dict(), "seed": opt.seed, "options": dataclasses.asdict(opt), "scheme": scheme,
         "dt": dt, "a_cutoff": a_cutoff, "command": f"python {PROG} {shlex.join(argv)}", "mean_rates_Hz": rates,
         "E_switch_times_s": switches,
-        "versions": {"neulvm": __version__, "python": platform.python_version(), "numpy": np.__version__,
-                     "scipy": scipy.__version__, "matplotlib": matplotlib.__version__}})
+        "versions": software_versions("matplotlib", "tensorflow")})
     print(f"simulated {opt.duration:g} s (seed {opt.seed}, input {opt.input}): mean rates "
           + ", ".join(f"{r:.2f}" for r in rates) + f" Hz; {len(switches)} switches of the winning E population")
     print(f"wrote {base}.png, {base}.svg, {base}.json")
@@ -264,4 +186,5 @@ def simulate(opt, argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.cli import run
+    sys.exit(run(PROG, main))

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from src.microsim import H, simulate, use_one_tf_thread  # noqa: E402
+from src.microsim import MICRO_DT, simulate, use_one_tf_thread  # noqa: E402
 from src.network import winner_take_all  # noqa: E402
 
 BASELINE_S = 2.0  # s of network simulated by the numpy baseline
@@ -32,7 +32,7 @@ def peak_mb():
 
 def timed(seconds, method):
     start = time.perf_counter()
-    result = simulate(winner_take_all(), int(round(seconds / H)), np.random.default_rng(SEED), method=method)
+    result = simulate(winner_take_all(), int(round(seconds / MICRO_DT)), np.random.default_rng(SEED), method=method)
     return time.perf_counter() - start, result
 
 

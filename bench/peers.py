@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from src import __version__, neulvm, peers  # noqa: E402
-from src.microsim import H, simulate, use_one_tf_thread  # noqa: E402
+from src.microsim import MICRO_DT, simulate, use_one_tf_thread  # noqa: E402
 from src.network import winner_take_all  # noqa: E402
 
 DURATION = 1000.0  # s simulated by each simulator
@@ -47,10 +47,10 @@ SWITCH_TOLERANCE = 0.25  # switching rates of ours and NEST (micro; meso) within
 def run_ours_micro(net, duration, seed):
     use_one_tf_thread()
     start = time.perf_counter()
-    simulate(net, int(round(0.2 / H)), np.random.default_rng(seed), n_recorded=0)  # compiles the XLA loop
+    simulate(net, int(round(0.2 / MICRO_DT)), np.random.default_rng(seed), n_recorded=0)  # compiles the XLA loop
     compiled, cpu = time.perf_counter(), time.process_time()
-    counts = simulate(net, int(round(duration / H)), np.random.default_rng(seed), n_recorded=0).pop_spike_counts
-    return (counts, H, compiled - start, time.perf_counter() - compiled, time.process_time() - cpu,
+    counts = simulate(net, int(round(duration / MICRO_DT)), np.random.default_rng(seed), n_recorded=0).pop_spike_counts
+    return (counts, MICRO_DT, compiled - start, time.perf_counter() - compiled, time.process_time() - cpu,
             "src " + __version__)
 
 
@@ -78,7 +78,7 @@ def run_brian2(net, duration, seed, brian2_python):
     return peer.pop_spike_counts, peer.h, peer.wall_build, peer.wall_run, peer.cpu_run, "brian2 " + peer.version
 
 
-def run_nest(name, net, duration, seed, h=H):
+def run_nest(name, net, duration, seed, h=MICRO_DT):
     peer = peers.run(name, net, duration, seed, h=h)
     return peer.pop_spike_counts, peer.h, peer.wall_build, peer.wall_run, peer.cpu_run, "nest " + peer.version
 
@@ -133,7 +133,7 @@ def main(argv=None):
             elif name == "brian2":
                 counts, h, build, wall, cpu, version = run_brian2(net, args.duration, args.seed, args.brian2_python)
             else:
-                step = args.meso_dt if name == "nest_meso" and args.meso_dt else H
+                step = args.meso_dt if name == "nest_meso" and args.meso_dt else MICRO_DT
                 counts, h, build, wall, cpu, version = run_nest(name, net, args.duration, args.seed, step)
         except (ImportError, RuntimeError, subprocess.CalledProcessError) as error:
             print(f"  {name} left out: {error}")

@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 
 from bench.peers import switch_rate_se, write_record  # noqa: E402
 from src import neulvm, peers  # noqa: E402
-from src.microsim import H, simulate, use_one_tf_thread  # noqa: E402
+from src.microsim import MICRO_DT, simulate, use_one_tf_thread  # noqa: E402
 from src.network import Network, winner_take_all  # noqa: E402
 
 SKIP = 1.0                     # s discarded at the start of every run (NEST starts from its own state)
 SINGLE_DRIVES = {"6.7 Hz": (6.0, 6.7), "19 Hz": (8.4, 19.0)}   # label: (rp, starting rate in Hz)
-ROWS = {"micro": ("micro", None, H),
+ROWS = {"micro": ("micro", None, MICRO_DT),
         **{f"{scheme}_{ms}ms": ("ours", scheme, ms / 1000) for scheme in ("euler", "exact") for ms in (4, 2, 1)},
         **{f"nest_{ms}ms": ("nest", None, ms / 1000) for ms in (4, 1)}}
 
@@ -48,7 +48,7 @@ def spike_counts(kind, scheme, step, net, duration, seed):
     """(M, n_steps) spike counts per step of `step` s of one run, and its wall time."""
     start = time.perf_counter()
     if kind == "micro":
-        counts = simulate(net, int(round(duration / H)), np.random.default_rng(seed), n_recorded=0).pop_spike_counts
+        counts = simulate(net, int(round(duration / MICRO_DT)), np.random.default_rng(seed), n_recorded=0).pop_spike_counts
     elif kind == "ours":
         counts = neulvm.simulate(net, duration, seed, dt=step, Nobs=0, scheme=scheme)["Z"] * net.N[:, None]
     else:

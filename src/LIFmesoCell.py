@@ -8,8 +8,8 @@ B*M*T bins), not one bin at a time (T = 2,500 steps):
     Isyn, F      linear filters along time, y(t) = a*y(t-1) + x(t), by log-depth doubling
     V[k, t]      = F(t) - q^n_k F(t - n_k) + q^(t+1) V0(k - t)   [last term: cohorts present when the
                    window opens, t < k]; (q, g) of the scheme (src.fast_np.leak_step), u(t) =
-                   g*(amem*rp + h(t)), F(t) = sum_i q^i u(t-i), n_k = k - R + 1 steps since the reset
-                   (V = 0, k < R). The adjoint below is with respect to q and F; how they depend on
+                   g*(amem*rp + h(t)), F(t) = sum_i q^i u(t-i), n_k = k - n_ref + 1 steps since the reset
+                   (V = 0, k < n_ref). The adjoint below is with respect to q and F; how they depend on
                    amem (the scheme) is differentiated by TensorFlow in the inputs stage.
     S[k, t]      = S[k-1, t-1] * E[k-1, t-1], E = exp(-lam*dt): the survival, carried from one age row
                    to the next along the cohort's diagonal; S[0, t] = 1, S[k, 0] = S0(k). 1 - S is carried
@@ -103,32 +103,32 @@ def time_chunks(T, K, n):
 
 class _AgeRows:
     """What row k of the (age, time) grid reads, for inputs F (B, M, T), q and ft (M, 1), V0 (B, M, K+1)
-    and Z_full (B, M, K+T) (see cohort_forward); K age bins, R refractory bins, bin dt."""
+    and Z_full (B, M, K+T) (see cohort_forward); K age bins, n_ref refractory bins, bin dt."""
 
-    def __init__(self, F, q, ft, V0, Z_full, K, R, dt):
-        if not 0 <= R <= K:
-            raise ValueError(f"the refractory bins R must be in [0, K={K}], got {R!r}")
-        self.F, self.q, self.ft, self.Z_full, self.K, self.R, self.dt = F, q, ft, Z_full, K, R, dt
+    def __init__(self, F, q, ft, V0, Z_full, K, n_ref, dt):
+        if not 0 <= n_ref <= K:
+            raise ValueError(f"the refractory bins n_ref must be in [0, K={K}], got {n_ref!r}")
+        self.F, self.q, self.ft, self.Z_full, self.K, self.n_ref, self.dt = F, q, ft, Z_full, K, n_ref, dt
         self.B, self.M, self.T = F.shape
         self.dtype = F.dtype
-        self.free = np.arange(K) >= max(R, 1)                               # ages of V0 that enter V
+        self.free = np.arange(K) >= max(n_ref, 1)                               # ages of V0 that enter V
         self.t = tf.range(self.T, dtype=self.dtype)
-        self.F_pad = tf.pad(F, [[0, 0], [0, 0], [K - R, R]])                 # F_pad[c] = F(c - K + R), 0 outside
+        self.F_pad = tf.pad(F, [[0, 0], [0, 0], [K - n_ref, n_ref]])                 # F_pad[c] = F(c - K + n_ref), 0 outside
         self.V0_rev = tf.pad(tf.reverse(V0[..., :K] * self.free, [-1]), [[0, 0], [0, 0], [0, self.T]])  # V0(K-1-c)
         self.q_t1 = tf.pow(q, self.t + 1)                                    # (M, T)
 
     def diagonals(self, k):
         """Row k: F(t - n_k), V0(k - t), Z(t - 1 - k), all read from index K-1-k on."""
         start, size = self.K - 1 - k, [self.B, self.M, self.T]
-        n_k = tf.cast(tf.maximum(k - self.R + 1, 0), self.dtype)
+        n_k = tf.cast(tf.maximum(k - self.n_ref + 1, 0), self.dtype)
         return (start, n_k, tf.pow(self.q, n_k), tf.slice(self.F_pad, [0, 0, start], size),
                 tf.slice(self.V0_rev, [0, 0, start], size), tf.slice(self.Z_full, [0, 0, start], size))
 
     def escape(self, k, q_n, F_n, V0_k):
         """3.2-3.3: V of row k; L = lam*dt, E = exp(-L), P = 1 - E, and `live` where dL/dV = L."""
         V_ft = self.F - q_n * F_n + self.q_t1 * V0_k - self.ft
-        live = tf.logical_and(k >= self.R, V_ft <= LOG_HAZARD_MAX)
-        lam = tf.where(k < self.R, tf.constant(HAZARD_FLOOR, self.dtype), tf.exp(tf.minimum(V_ft, LOG_HAZARD_MAX)))
+        live = tf.logical_and(k >= self.n_ref, V_ft <= LOG_HAZARD_MAX)
+        lam = tf.where(k < self.n_ref, tf.constant(HAZARD_FLOOR, self.dtype), tf.exp(tf.minimum(V_ft, LOG_HAZARD_MAX)))
         L = self.dt * lam
         E = tf.exp(-L)
         # 1 - E is exact to 1e-16 in float64 (absolute, enough next to the other cohorts); float32 needs expm1
@@ -136,15 +136,15 @@ class _AgeRows:
         return L, E, P, live
 
 
-def cohort_forward(F, q, ft, V0, S0, Z_full, K, R, dt, keep_survival=True):
+def cohort_forward(F, q, ft, V0, S0, Z_full, K, n_ref, dt, keep_survival=True):
     """The cohort part of model.md 3.2-3.6: (sum_k P m, sum_k P v, sum_k m, sum_k v), each (B, M, T),
     and the survival S of every cell, (K, B, M, T) (None unless keep_survival), for cohort_backward.
 
     F (B, M, T) the filtered drive, q (M, 1) the scheme's decay per bin, ft (M, 1), V0 and S0 (B, M, K+1) the
     potential and survival of the cohorts present when the window opens, by age (stationary start),
-    Z_full (B, M, K+T) the latent with its K history bins first. K age bins, R refractory bins.
+    Z_full (B, M, K+T) the latent with its K history bins first. K age bins, n_ref refractory bins.
     """
-    rows = _AgeRows(F, q, ft, V0, Z_full, K, R, dt)
+    rows = _AgeRows(F, q, ft, V0, Z_full, K, n_ref, dt)
     B, M, T, dtype = rows.B, rows.M, rows.T, rows.dtype
     Q0 = -tf.math.expm1(tf.math.log(S0))                                  # 1 - S0 without cancellation
 
@@ -171,7 +171,7 @@ def cohort_forward(F, q, ft, V0, S0, Z_full, K, R, dt, keep_survival=True):
     return (a1, a2, a3, a4), (S_grid if keep_survival else None)
 
 
-def cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, R, dt):
+def cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, n_ref, dt):
     """The adjoint of cohort_forward: given the gradients of the loss with respect to its four sums,
     the gradients with respect to (F, q, ft, V0, S0, Z_full).
 
@@ -180,7 +180,7 @@ def cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, R, dt):
     summed into the 1-D gradients, so that XLA computes them once (it would otherwise recompute them
     inside every consumer). The carried 1 - S of the forward pass is differentiated as 1 - S.
     """
-    rows = _AgeRows(F, q, ft, V0, Z_full, K, R, dt)
+    rows = _AgeRows(F, q, ft, V0, Z_full, K, n_ref, dt)
     B, M, T, dtype, t = rows.B, rows.M, rows.T, rows.dtype, rows.t
     g1, g2, g3, g4 = sum_grads
 
@@ -213,22 +213,22 @@ def cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, R, dt):
          tf.zeros((B, M, K + 1), dtype)))
     gF_direct, gq, gF_pad, gV0_rev, gZ_full = scatter_row(
         tf.constant(0), gV, gZ_k, gF_direct, gq, gF_pad, gV0_rev, gZ_full)
-    gF = gF_direct + gF_pad[..., K - R:K - R + T]
+    gF = gF_direct + gF_pad[..., K - n_ref:K - n_ref + T]
     gV0 = tf.pad(tf.reverse(gV0_rev[..., :K], [-1]) * rows.free, [[0, 0], [0, 0], [0, 1]])
     gft = -tf.reduce_sum(gF_direct, [0, 2])[:, None]
     return gF, tf.reduce_sum(gq, [0, 2])[:, None], gft, gV0, gS0, gZ_full
 
 
-def make_cohort_sums(K, R, dt):
+def make_cohort_sums(K, n_ref, dt):
     """cohort_forward's sums as a differentiable function of (F, q, ft, V0, S0, Z_full), its
     gradient given by cohort_backward (tf.custom_gradient); for eager use and tests."""
 
     @tf.custom_gradient
     def cohort_sums(F, q, ft, V0, S0, Z_full):
-        sums, S_grid = cohort_forward(F, q, ft, V0, S0, Z_full, K, R, dt)
+        sums, S_grid = cohort_forward(F, q, ft, V0, S0, Z_full, K, n_ref, dt)
 
         def grad(*sum_grads):
-            return cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, R, dt)
+            return cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, n_ref, dt)
         return sums, grad
 
     return cohort_sums
@@ -261,7 +261,7 @@ class MesoModel:
         if self.Z.shape != (w.B, w.M, w.T):
             raise ValueError(f"Z must have shape {(w.B, w.M, w.T)}, got {tuple(self.Z.shape)}")
         c = lambda a: tf.constant(np.asarray(a, float), dtype=self.dtype)  # noqa: E731
-        K, T, R = w.K, w.T, w.R
+        K, T, n_ref = w.K, w.T, w.n_ref
         self._N = c(w.net.N[:, None])                                        # (M, 1)
         self._e_syn = c(np.exp(-w.dt * w.net.asyn)[:, None])                 # (M, 1)
         self._conmat = c(w.net.conmat)
@@ -272,14 +272,14 @@ class MesoModel:
         self._t1 = c(np.arange(1, T + 1))                                    # t + 1
         # observed neurons: a neuron of age k sees the potential of cohort k (a gather per neuron and bin)
         age = w.obs_age                                                      # (B, M, Nobs, T)
-        n_obs = np.maximum(age - R + 1, 0)
+        n_obs = np.maximum(age - n_ref + 1, 0)
         self._obs_n = c(n_obs)
         self._obs_F_idx = tf.constant((K + t - n_obs).reshape(w.B, w.M, -1))
         self._obs_init_idx = tf.constant(np.clip(age - t, 0, K).reshape(w.B, w.M, -1))
-        self._obs_init_mask = c((age - t) >= R)
-        self._obs_refractory = tf.constant(age < R)
+        self._obs_init_mask = c((age - t) >= n_ref)
+        self._obs_refractory = tf.constant(age < n_ref)
         self._chunks, self._chunk_bins = time_chunks(T, K, TIME_CHUNKS)
-        self._cohort_sums = make_cohort_sums(K, R, w.dt)
+        self._cohort_sums = make_cohort_sums(K, n_ref, w.dt)
         self._compiled = {}
 
     # -- the model, as a pure function of (theta, Z) ------------------------------------------
@@ -374,7 +374,7 @@ class MesoModel:
             return (F, q, ft, V0, S0, Z_full), self._chunk_inputs(F, q, ft, V0, S0, Z_full)
 
         def forward(chunk, keep_survival):
-            return cohort_forward(*chunk, w.K, w.R, w.dt, keep_survival=keep_survival)
+            return cohort_forward(*chunk, w.K, w.n_ref, w.dt, keep_survival=keep_survival)
 
         def finish(Z, F, q, ft, V0, chunk_sums):
             with tf.GradientTape() as tape:
@@ -384,7 +384,7 @@ class MesoModel:
             return loss_y, loss_Z, tape.gradient(total, [Z, F, q, ft, V0, chunk_sums])
 
         def backward(chunk, S_grid, sum_grads):
-            return cohort_backward(*chunk, S_grid, sum_grads, w.K, w.R, w.dt)
+            return cohort_backward(*chunk, S_grid, sum_grads, w.K, w.n_ref, w.dt)
 
         def chain(theta, Z, direct, chunk_grads):
             """Gradients with respect to theta and Z: each chunk's gradients of the inputs, added at
@@ -456,15 +456,15 @@ def _free_segment(params, state, I_ext, xi, U):
     """SIM_SEGMENT_BINS (or fewer) bins of the free simulation, compiled once per array shape.
 
     params: q, g (the scheme's, src.fast_np.leak_step), amem, rp, ft, e_syn, N (M, 1), W (M, M), eps,
-    dt, R. state: V, S, Q (= 1 - S), Z_past
+    dt, n_ref. state: V, S, Q (= 1 - S), Z_past
     (B, M, K) of the cohorts (Z_past[..., k] = Z(t-1-k)), Isyn (B, M), V_obs (B, M, Nobs), obs_age
     (B, M, Nobs) int32, first (bool: this is the window's first bin, Isyn keeps A0). I_ext and xi:
     (n, B, M), U: (n, B, M, Nobs). Returns the new state, Z (n, B, M) and spikes (n, B, M, Nobs).
     """
-    q, g, amem, rp, ft, e_syn, N, W, eps, dt, R = params
+    q, g, amem, rp, ft, e_syn, N, W, eps, dt, n_ref = params
     V, S, Q, Z_past, Isyn, V_obs, obs_age, first = state
     dtype, K = V.dtype, V.shape[-1]
-    refractory = tf.range(K) < R                                             # (K,)
+    refractory = tf.range(K) < n_ref                                             # (K,)
     zero = tf.zeros((), dtype)
 
     def shift_in(x, value):
@@ -489,7 +489,7 @@ def _free_segment(params, state, I_ext, xi, U):
         Lambda = tf.where(has_v, tf.reduce_sum(P * v, -1) / tf.where(has_v, sum_v, 1.0), zero)
         Zbar = tf.clip_by_value(tf.reduce_sum(P * m, -1) + Lambda * (1 - tf.reduce_sum(m, -1)), 0.0, 1.0)  # 3.6
         Z = tf.maximum(Zbar + tf.sqrt(Zbar / N[:, 0]) * xi[t], 0.0)                                     # (B, M)
-        refr_obs = obs_age < R                                                  # observed neurons
+        refr_obs = obs_age < n_ref                                                  # observed neurons
         V_obs = tf.where(refr_obs, zero, q * V_obs + drive)
         L_obs, E_obs = escape(V_obs, refr_obs)
         fired = U[t] < -tf.math.expm1(-L_obs)

@@ -8,7 +8,7 @@ never executes code. Keys (format "neuLVM-recording-1"; the likelihood code depe
     seed              seed of every random draw of the simulation
     h                 simulation step, s (0.2 ms)
     pop_spike_counts  (M, n_steps) int32, spikes of each population in each step
-    spikes            (M, R, n_steps) uint8 0/1, the recorded neurons of each population; the first
+    spikes            (M, n_recorded, n_steps) uint8 0/1, the recorded neurons of each population; the first
                       ones are those the fit observes (model.md section 2)
     I_ext             (M, n_steps) float64, external input (V units per s; zeros for none)
     input_kind        "none", "given", "pulses" or "ou"
@@ -41,7 +41,7 @@ class Recording:
     network: Network
     h: float  # s
     pop_spike_counts: np.ndarray  # (M, n_steps) int32
-    spikes: np.ndarray  # (M, R, n_steps) uint8
+    spikes: np.ndarray  # (M, n_recorded, n_steps) uint8
     I_ext: np.ndarray  # (M, n_steps) float64
     seed: int
     version: str
@@ -113,7 +113,7 @@ def load_recording(path):
                                f"got range [{counts.min()}, {counts.max()}]")
         spikes = fields.array("spikes", (np.integer, np.bool_), ndim=3)
         if spikes.shape[0] != M or spikes.shape[2] != n_steps:
-            raise DatasetError(f"{path}: field 'spikes' must have shape ({M}, R, {n_steps}), got {spikes.shape}")
+            raise DatasetError(f"{path}: field 'spikes' must have shape ({M}, n_recorded, {n_steps}), got {spikes.shape}")
         n_min = min(MIN_RECORDED, N.min())
         if not n_min <= spikes.shape[1] <= N.min():
             raise DatasetError(f"{path}: field 'spikes' must record between {n_min} and {N.min()} neurons "

@@ -1,8 +1,11 @@
-"""The two steps of EM with a point estimate of the latent (shared/docs/model.md section 4).
+"""EM with a point estimate of the latent (shared/docs/model.md section 4).
 
-Both minimise the same loss, loss_y + loss_Z of src/LIFmesoCell.MesoModel:
+Both steps minimise the same loss, loss_y + loss_Z of src/LIFmesoCell.MesoModel:
     m_step  over theta with Z fixed: scipy.optimize.minimize in a box, with the exact gradient
+            (the original project's scipy_Mstep in train_meso.py)
     e_step  over Z with theta fixed: projected Adam, early stopping, return to the best Z
+            (the original's tf_EGDstep)
+    em      the loop: M-step, E-step, until the loss stops falling (the loop of the original's train)
 """
 import time
 
@@ -148,3 +151,61 @@ def e_step(model, theta, Z0, lr=1e-3, maxiters=200, itertol=3, on_step=None):
         Z = np.clip(adam.step(Z, grad), Z_MIN, Z_MAX)
     return best_Z, {"loss": best_loss, "steps": len(history), "history": history, "nonfinite": nonfinite,
                     "seconds": time.time() - start}
+
+
+def no_improvement(steps):
+    """EM stops when an iteration no longer lowers the loss (model.md section 4.2)."""
+    return len(steps) > 1 and steps[-1]["loss"] >= steps[-2]["loss"]
+
+
+def em(model, theta, Z, bounds, max_steps, m_options, e_options, done=(), check_stop=None, log=print,
+       on_phase=None, on_m_step=None, on_e_iteration=None, on_em_step=None):
+    """EM from (theta, Z): an M-step, then an E-step, until an iteration no longer lowers the loss or
+    max_steps iterations are complete (model.md section 4).
+
+    m_options: keyword arguments of m_step (maxiter, method, grad); e_options: of e_step (lr, maxiters,
+    itertol). done: the EM steps already complete (a resumed run), EM goes on at step len(done).
+    Hooks, for saving and plots: check_stop() before every evaluation of the loss (it may raise
+    KeyboardInterrupt), on_phase(what) as a phase begins ("M-step 3"), on_m_step(e, theta, Z, info_M), on_e_iteration(e, i, Z, loss_y, loss_Z),
+    and on_em_step(step, Z) once EM step e is complete.
+
+    Returns (theta, Z, steps): steps = done + one dict per new EM step: em_step, M (m_step's info),
+    theta, loss_y, loss_Z, loss, E_steps, E_seconds, E_nonfinite, E_history (loss_y, loss_Z) per
+    E-step iteration."""
+    check_stop = check_stop or (lambda: None)
+    on_phase = on_phase or (lambda what: None)
+    steps = list(done)
+    for e in range(len(steps), max_steps):
+        if no_improvement(steps):
+            break
+        # M-step
+        on_phase(f"M-step {e}")
+        theta, info_M = m_step(model, theta, Z, bounds, **m_options, on_eval=check_stop)
+        if info_M["nonfinite"] is not None:
+            log(f"M-step {e}: a non-finite loss or gradient (evaluation {info_M['nonfinite']}) was rejected; "
+                "the M-step stopped at its best finite parameters")
+        if on_m_step is not None:
+            on_m_step(e, theta, Z, info_M)
+
+        # E-step
+        on_phase(f"E-step {e}")
+
+        def on_step(i, Z_i, loss_y, loss_Z, e=e):
+            check_stop()
+            if on_e_iteration is not None:
+                on_e_iteration(e, i, Z_i, loss_y, loss_Z)
+        Z, info_E = e_step(model, theta, Z, **e_options, on_step=on_step)
+        if info_E["nonfinite"] is not None:
+            log(f"E-step {e}: a non-finite loss or gradient at iteration {info_E['nonfinite']} was rejected; "
+                f"back to the best latent so far (loss {info_E['loss']:.6f})")
+        loss_y, loss_Z = model.losses(theta=theta, Z=Z)
+        check_stop()
+        on_phase(f"the saving of EM step {e}")
+        steps.append({"em_step": e, "M": dict(info_M), "theta": theta, "loss_y": loss_y, "loss_Z": loss_Z,
+                      "loss": loss_y + loss_Z, "E_steps": info_E["steps"], "E_seconds": info_E["seconds"],
+                      "E_nonfinite": info_E["nonfinite"], "E_history": info_E["history"]})
+        if on_em_step is not None:
+            on_em_step(steps[-1], Z)
+    if no_improvement(steps):
+        log(f"EM step {steps[-1]['em_step']} did not improve the loss: stop")
+    return theta, Z, steps

@@ -97,9 +97,9 @@ class BinStep:
     def __init__(self, net, dt, K, A0, scheme, Nobs=0, obs_age0=None):
         self.net, self.dt, self.K = net, dt, K
         self.q, self.g = leak_step(scheme, net.amem[:, None], dt)                 # (M, 1) each
-        self.R = int(np.ceil(net.ref_t / dt - 1e-9))
+        self.n_ref = int(np.ceil(net.ref_t / dt - 1e-9))
         self.e_syn = np.exp(-dt * net.asyn)                                   # (M,)
-        self.cohort_refractory = np.arange(K) < self.R                         # (K,)
+        self.cohort_refractory = np.arange(K) < self.n_ref                         # (K,)
         self.Isyn = np.array(A0, dtype=float)                                  # (B, M)
         B, M = self.Isyn.shape
         oldest = K if obs_age0 is None or obs_age0.size == 0 else max(K, int(obs_age0.max()) + 1)
@@ -140,7 +140,7 @@ class BinStep:
         """The observed neurons' escape rate, firing probability and its log in this bin, (B, M, Nobs) each."""
         net, dt = self.net, self.dt
         self.V_obs = self.potential_step(self.V_obs, h)
-        refractory = self.obs_age < self.R
+        refractory = self.obs_age < self.n_ref
         self.V_obs[refractory] = 0.0
         lam, P = escape(self.V_obs, net.ft[:, None], refractory, dt)
         return lam, P, log_fire_probability(self.V_obs, net.ft[:, None], refractory, dt)

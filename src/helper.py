@@ -10,7 +10,7 @@ from .window import Z_MAX, Z_MIN, Window
 def bin_recording(rec, dt):
     """Bin a recording (src.dataset.Recording) at dt.
 
-    Returns Z (M, n_bins): fraction of each population firing in a bin, y (M, R, n_bins): 1 if a
+    Returns Z (M, n_bins): fraction of each population firing in a bin, y (M, n_recorded, n_bins): 1 if a
     recorded neuron fired in the bin, and I_ext (M, n_bins): the input averaged over the bin.
     """
     steps = _whole_multiple("dt", dt, rec.h, f"the recording step h = {rec.h:g} s (field 'h')")
@@ -18,8 +18,8 @@ def bin_recording(rec, dt):
     cut = n_bins * steps
     counts = rec.pop_spike_counts[:, :cut].reshape(rec.network.M, n_bins, steps).sum(-1)
     Z = counts / rec.network.N[:, None]
-    M, R = rec.spikes.shape[:2]
-    y = rec.spikes[..., :cut].reshape(M, R, n_bins, steps).max(-1).astype(float)
+    M, n_recorded = rec.spikes.shape[:2]
+    y = rec.spikes[..., :cut].reshape(M, n_recorded, n_bins, steps).max(-1).astype(float)
     I_ext = rec.I_ext[:, :cut].reshape(M, n_bins, steps).mean(-1)
     return Z, y, I_ext
 
@@ -42,9 +42,9 @@ def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint
     T = _whole_multiple("t_perbatch", t_perbatch, dt, f"dt = {dt:g} s")
     end = _whole_multiple("end_timepoint", end_timepoint, dt, f"dt = {dt:g} s")
     B = _whole_multiple("trial_length", trial_length, t_perbatch, f"t_perbatch = {t_perbatch:g} s")
-    R = rec.spikes.shape[1]
-    if not (isinstance(Nsampled, (int, np.integer)) and 1 <= Nsampled <= R):
-        raise ValueError(f"Nsampled must be between 1 and the {R} recorded neurons per population "
+    n_recorded = rec.spikes.shape[1]
+    if not (isinstance(Nsampled, (int, np.integer)) and 1 <= Nsampled <= n_recorded):
+        raise ValueError(f"Nsampled must be between 1 and the {n_recorded} recorded neurons per population "
                          f"(field 'spikes'), got {Nsampled!r}")
     Z, y, I_ext = bin_recording(rec, dt)
     start = end - B * T

@@ -18,7 +18,7 @@ Notation (network symbols as in src/network.py; all populations a = 0..M-1):
     delay_steps  steps from a spike to its effect on Isyn; 1 is the convention of model.md
                  (its "synaptic delay 0"), larger values add a transmission delay
     held         per neuron, how many more steps it is held at 0 (0 = free)
-    R            per neuron, hazard still to accumulate before its next spike (see below)
+    remaining    per neuron, hazard still to accumulate before its next spike (see below)
 
 One step t, in this order (the convention of the authors' simulator and of NEST gif_psc_exp):
     Isyn  <- eI * Isyn + (1 - eI) * A(t - delay_steps)      eI = exp(-h * asyn), exact for a
@@ -53,7 +53,7 @@ from scipy.signal import lfilter
 from src import __version__
 from src.network import Network, winner_take_all
 
-H = 2e-4  # s, step of the microscopic simulation
+MICRO_DT = 2e-4  # s, step of the microscopic simulation
 SEGMENT_STEPS = 5000  # steps simulated per call of the compiled loop (thresholds drawn per segment)
 SURVIVAL_DECAY = 40.0  # exp(-40) ~ 4e-18: a free trajectory this many membrane time constants
                        # old has converged to float64 precision (stationary start)
@@ -90,7 +90,7 @@ class SimResult:
     delay_steps: int
 
 
-def ref_steps_of(network, h=H):
+def ref_steps_of(network, h=MICRO_DT):
     """Number of steps a neuron is held at 0 after its spike step: ref_t / h, which must be whole."""
     steps = network.ref_t / h
     if abs(steps - round(steps)) > 1e-6:
@@ -100,7 +100,7 @@ def ref_steps_of(network, h=H):
 
 # ---------------------------------------------------------------- external input
 
-def pulse_input(M, n_steps, amplitude, onsets, duration, target, h=H):
+def pulse_input(M, n_steps, amplitude, onsets, duration, target, h=MICRO_DT):
     """Step pulses of `amplitude` (V units per s) into population `target`, starting at each of
     `onsets` (s) and lasting `duration` (s). Returns (M, n_steps)."""
     if not 0 <= target < M:
@@ -117,7 +117,7 @@ def pulse_input(M, n_steps, amplitude, onsets, duration, target, h=H):
 
 
 def ou_input(M, n_steps, rng, mean=0.0, sigma=100.0, targets=None, tau=OU_TAU, mod_freq=OU_MOD_FREQ,
-             mod_depth=OU_MOD_DEPTH, h=H):
+             mod_depth=OU_MOD_DEPTH, h=MICRO_DT):
     """Ornstein-Uhlenbeck input with sinusoidally modulated amplitude (Pozzorini et al. 2015):
     I(t) = mean + sigma * (1 + mod_depth * sin(2 pi mod_freq t)) * eta(t), eta a unit-variance OU
     process of correlation time tau, independent for each population in `targets` (default all).
@@ -150,7 +150,7 @@ def _free_trajectory(amem, rp, u, n, h):
     return (rp + h * u / -np.expm1(-h * amem)) * -np.expm1(-j * h * amem)
 
 
-def stationary_state(network, rng, h=H, delay_steps=1, I_ext0=None):
+def stationary_state(network, rng, h=MICRO_DT, delay_steps=1, I_ext0=None):
     """Each neuron at a random age drawn from the stationary age distribution of its population
     under the constant input of the initial rates (model.md section 1).
 
@@ -203,7 +203,7 @@ class _Constants:
     ref_steps: int
 
 
-def _run_numpy(n, V, R, held, Isyn, hist, X, drive, c, n_recorded):
+def _run_numpy(n, V, remaining, held, Isyn, hist, X, drive, c, n_recorded):
     """Plain numpy reference: simulate n steps in place. drive[:, t] = rp(1-E) + h eps I_ext (M,);
     X[a, j, k] is the threshold neuron j of population a draws after its k-th spike of the segment;
     hist (delay_steps, M) holds the spike counts of the last delay_steps steps, oldest first."""
@@ -217,16 +217,16 @@ def _run_numpy(n, V, R, held, Isyn, hist, X, drive, c, n_recorded):
         free = held == 0
         V = np.where(free, V * c.E + v[:, None], 0.0)  # (M, Nmax)
         with np.errstate(over="ignore"):  # a huge hazard overflows to inf: it fires, as it should
-            R = R - np.where(free, np.exp(V - c.q), 0.0)
-        fired = R <= 0
-        R = np.where(fired, np.take_along_axis(X, np.minimum(k, X.shape[2] - 1)[..., None], 2)[..., 0], R)
+            remaining = remaining - np.where(free, np.exp(V - c.q), 0.0)
+        fired = remaining <= 0
+        remaining = np.where(fired, np.take_along_axis(X, np.minimum(k, X.shape[2] - 1)[..., None], 2)[..., 0], remaining)
         V = np.where(fired, 0.0, V)
         held = np.where(fired, c.ref_steps, np.maximum(held - 1, 0))
         k += fired
         counts[t] = fired.sum(axis=1)
         hist = np.concatenate([hist[1:], counts[t][None]], axis=0)
         recorded[t] = fired[:, :n_recorded]
-    return V, R, held, Isyn, hist, counts, recorded
+    return V, remaining, held, Isyn, hist, counts, recorded
 
 
 @functools.lru_cache(maxsize=None)
@@ -235,49 +235,49 @@ def _xla_loop(n_recorded):
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
-    def run(n, V, R, held, Isyn, hist, X, drive, E, q, eI, kk, Wh, ref_steps):
+    def run(n, V, remaining, held, Isyn, hist, X, drive, E, q, eI, kk, Wh, ref_steps):
         K = tf.shape(X)[2]
         X_flat = tf.reshape(X, [-1])
         first = tf.reshape(tf.range(tf.size(V)) * K, tf.shape(V))  # where each neuron's row of X starts
 
-        def step(t, V, R, held, Isyn, hist, k, counts, recorded):
+        def step(t, V, remaining, held, Isyn, hist, k, counts, recorded):
             Isyn = eI * Isyn + kk * hist[0]
             v = drive[:, t] + tf.linalg.matvec(Wh, Isyn, transpose_a=True)
             free = tf.equal(held, 0)
             zero = tf.zeros_like(V)
             V = tf.where(free, V * E + v[:, None], zero)
-            R = R - tf.where(free, tf.exp(V - q), zero)
-            fired = R <= 0
-            R = tf.where(fired, tf.gather(X_flat, first + tf.minimum(k, K - 1)), R)
+            remaining = remaining - tf.where(free, tf.exp(V - q), zero)
+            fired = remaining <= 0
+            remaining = tf.where(fired, tf.gather(X_flat, first + tf.minimum(k, K - 1)), remaining)
             V = tf.where(fired, zero, V)
             held = tf.where(fired, ref_steps, tf.maximum(held - 1, 0))
             fired_int = tf.cast(fired, tf.int32)
             k = k + fired_int
             count = tf.reduce_sum(fired_int, axis=1)
             hist = tf.concat([hist[1:], tf.cast(count, hist.dtype)[None]], axis=0)
-            return (t + 1, V, R, held, Isyn, hist, k, counts.write(t, count),
+            return (t + 1, V, remaining, held, Isyn, hist, k, counts.write(t, count),
                     recorded.write(t, fired[:, :n_recorded]))
 
-        init = (tf.constant(0), V, R, held, Isyn, hist, tf.zeros_like(held),
+        init = (tf.constant(0), V, remaining, held, Isyn, hist, tf.zeros_like(held),
                 tf.TensorArray(tf.int32, size=n), tf.TensorArray(tf.bool, size=n))
-        _, V, R, held, Isyn, hist, _, counts, recorded = tf.while_loop(lambda t, *_: t < n, step, init)
-        return V, R, held, Isyn, hist, counts.stack(), recorded.stack()
+        _, V, remaining, held, Isyn, hist, _, counts, recorded = tf.while_loop(lambda t, *_: t < n, step, init)
+        return V, remaining, held, Isyn, hist, counts.stack(), recorded.stack()
 
     return run
 
 
-def _run_xla(n, V, R, held, Isyn, hist, X, drive, c, n_recorded):
+def _run_xla(n, V, remaining, held, Isyn, hist, X, drive, c, n_recorded):
     import tensorflow as tf
     padded = np.zeros((drive.shape[0], SEGMENT_STEPS))  # one shape for every segment: compiled once
     padded[:, :n] = drive
     out = _xla_loop(n_recorded)(
-        tf.constant(n, tf.int32), V, R, tf.constant(held, tf.int32), Isyn, hist, X, padded,
+        tf.constant(n, tf.int32), V, remaining, tf.constant(held, tf.int32), Isyn, hist, X, padded,
         c.E, c.q, c.eI, c.kk, c.Wh, tf.constant(c.ref_steps, tf.int32))
-    V, R, held, Isyn, hist, counts, recorded = (o.numpy() for o in out)
-    return V, R, held.astype(np.int64), Isyn, hist, counts, recorded
+    V, remaining, held, Isyn, hist, counts, recorded = (o.numpy() for o in out)
+    return V, remaining, held.astype(np.int64), Isyn, hist, counts, recorded
 
 
-def simulate(network, n_steps, rng, *, I_ext=None, h=H, delay_steps=1, n_recorded=30,
+def simulate(network, n_steps, rng, *, I_ext=None, h=MICRO_DT, delay_steps=1, n_recorded=30,
              initial_state=None, method="xla"):
     """Simulate n_steps of `network` (model.md section 1).
 
@@ -307,15 +307,15 @@ def simulate(network, n_steps, rng, *, I_ext=None, h=H, delay_steps=1, n_recorde
     state = stationary_state(network, rng, h, delay_steps, I_ext[:, 0]) if initial_state is None else initial_state
     _check_state(state, network, delay_steps)
 
-    # padded (M, Nmax) layout: padding neurons have R = inf and never fire
+    # padded (M, Nmax) layout: padding neurons have remaining = inf and never fire
     Nmax = N.max()
     real = np.arange(Nmax)[None, :] < N[:, None]  # (M, Nmax)
     V = np.zeros((M, Nmax))
     V[real] = state.V
     held = np.zeros((M, Nmax), dtype=np.int64)
     held[real] = state.held
-    R = np.full((M, Nmax), np.inf)
-    R[real] = rng.standard_exponential(N.sum())
+    remaining = np.full((M, Nmax), np.inf)
+    remaining[real] = rng.standard_exponential(N.sum())
     E = np.exp(-h * network.amem)
     eI = np.exp(-h * network.asyn)
     c = _Constants(E=E[:, None], q=(network.ft - np.log(h))[:, None], eI=eI, kk=(1 - eI) / (N * h),
@@ -331,10 +331,10 @@ def simulate(network, n_steps, rng, *, I_ext=None, h=H, delay_steps=1, n_recorde
     for start in range(0, n_steps, SEGMENT_STEPS):
         n = min(SEGMENT_STEPS, n_steps - start)
         X = rng.standard_exponential((M, Nmax, K))
-        V, R, held, Isyn, hist, seg_counts, seg_recorded = run(
-            n, V, R, held, Isyn, hist, X, drive[:, start:start + n], c, n_recorded)
+        V, remaining, held, Isyn, hist, seg_counts, seg_recorded = run(
+            n, V, remaining, held, Isyn, hist, X, drive[:, start:start + n], c, n_recorded)
         counts[:, start:start + n] = seg_counts[:n].T  # (n, M) -> (M, n)
-        spikes[:, :, start:start + n] = seg_recorded[:n].transpose(1, 2, 0)  # (n, M, R) -> (M, R, n)
+        spikes[:, :, start:start + n] = seg_recorded[:n].transpose(1, 2, 0)  # (n, M, n_recorded) -> (M, n_recorded, n)
     return SimResult(pop_spike_counts=counts, spikes=spikes, I_ext=I_ext, h=h, delay_steps=delay_steps)
 
 
@@ -352,7 +352,7 @@ def _check_state(state, network, delay_steps):
 
 # ---------------------------------------------------------------- analysis
 
-def dominance(pop_spike_counts, N, h=H, e_pops=(0, 1), sigma=0.15, min_dwell=0.3):
+def dominance(pop_spike_counts, N, h=MICRO_DT, e_pops=(0, 1), sigma=0.15, min_dwell=0.3):
     """Which of two E populations wins at each step, and when the winner switches.
 
     Winner = the population with the higher activity smoothed by a Gaussian of standard deviation
@@ -380,7 +380,7 @@ def dominance(pop_spike_counts, N, h=H, e_pops=(0, 1), sigma=0.15, min_dwell=0.3
 # ---------------------------------------------------------------- command line
 
 def simulate_recording(network, duration, seed, *, input_kind="none", n_recorded=30, delay_steps=1,
-                       h=H, I_ext=None, pulse=None, ou=None, method="xla"):
+                       h=MICRO_DT, I_ext=None, pulse=None, ou=None, method="xla"):
     """Simulate `duration` seconds from one seed and return a src.dataset.Recording.
 
     input_kind: "none", "given" (I_ext array), "pulses" (pulse = dict of pulse_input's keyword

@@ -75,9 +75,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.microsim import MICRO_DT   # s, the step of every peer simulation
 from src.network import Network
 
-H = 2e-4            # s, step of every peer simulation (as src.microsim)
 C_M = 250.0         # pF, membrane capacitance given to NEST; it cancels (weights and currents scale with it)
 RECORD_CHUNK = 10.0  # s simulated per nest.Simulate call; spike records are read and cleared after each
 NO_ADAPTATION = {"q_sfa": [0.0], "tau_sfa": [100.0]}  # gif_pop_psc_exp rejects empty lists
@@ -146,7 +146,7 @@ def nest_weights(network, C_m=C_M):
     return network.W * C_m / (network.N * tau_ms)[:, None]  # (M, M)
 
 
-def nest_coupling_factor(network, h=H):
+def nest_coupling_factor(network, h=MICRO_DT):
     """NEST's effect of one presynaptic spike on V in its first step over ours, per presynaptic population (M,).
 
     NEST adds w to the current and integrates it exactly over the step (its propagator P21, with the
@@ -161,7 +161,7 @@ def nest_coupling_factor(network, h=H):
     return (P21_times_C / tau_s) / -np.expm1(-h * network.asyn)
 
 
-def current_schedule(I_ext_row, eps, h=H, C_m=C_M):
+def current_schedule(I_ext_row, eps, h=MICRO_DT, C_m=C_M):
     """NEST form of one population's input (potential units per s, one value per step):
     (I_e in pA for step 0 on, amplitude_times in ms, amplitude_values in pA) of a step_current_generator.
 
@@ -236,7 +236,7 @@ def _record_and_run(nest, name, pops, n_steps, h, start):
                    time.process_time() - cpu)
 
 
-def nest_micro(network, duration, seed, I_ext=None, h=H):
+def nest_micro(network, duration, seed, I_ext=None, h=MICRO_DT):
     """The microscopic network in NEST (`gif_psc_exp`, one thread) for `duration` s. Returns a PeerRun.
 
     I_ext: (M, n_steps) external input (potential units per s) or None. Every neuron starts from the
@@ -263,7 +263,7 @@ def nest_micro(network, duration, seed, I_ext=None, h=H):
     return _record_and_run(nest, "nest_micro", pops, n_steps, h, start)
 
 
-def nest_meso(network, duration, seed, I_ext=None, h=H, binomial=True):
+def nest_meso(network, duration, seed, I_ext=None, h=MICRO_DT, binomial=True):
     """The mesoscopic population equations in NEST (`gif_pop_psc_exp`, one node per population, one
     thread) for `duration` s at step h. binomial: NEST's BinoRand (binomial rather than Poisson spike
     counts). Returns a PeerRun; the start is NEST's own (module docstring)."""
@@ -296,7 +296,7 @@ gain : 1 (constant)
 """  # gain = h amem / (1 - exp(-h amem)): with it the exact leak integration is our step
 
 
-def brian2_micro(network, duration, seed, I_ext=None, h=H, target="numpy", build_dir=None):
+def brian2_micro(network, duration, seed, I_ext=None, h=MICRO_DT, target="numpy", build_dir=None):
     """The microscopic network in Brian2 for `duration` s. Returns a PeerRun.
 
     target: "numpy" or "cython" (runtime code generation) or "cpp_standalone" (one C++ program,
@@ -415,7 +415,7 @@ def wta_summary(pop_spike_counts, N, h, skip=1.0):
 
 # ---------------------------------------------------------------- command line
 
-def run(simulator, network, duration, seed, I_ext=None, h=H, brian2_target="numpy"):
+def run(simulator, network, duration, seed, I_ext=None, h=MICRO_DT, brian2_target="numpy"):
     """One of SIMULATORS by name."""
     if simulator == "nest_micro":
         return nest_micro(network, duration, seed, I_ext, h)

@@ -1,6 +1,8 @@
 """Result files: numpy archives and JSON, written atomically, read without executing code; the
 lock that keeps two training runs out of one run folder.
 
+summary.json has one schema, RunSummary: every script reads and writes it through that class.
+
 The original project's file names have no extension (`init_param`, `E3_est_param`,
 `minimizor_result_3`); here they hold a numpy .npz archive of arrays and numbers only, which
 np.load reads with allow_pickle=False. A Python pickle (the original project's format, or a
@@ -11,10 +13,12 @@ then renamed over the target: a result file is complete or absent, whenever the 
 A process killed during a write leaves its temporary file; remove_temporaries() clears them.
 """
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
 import os
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -93,6 +97,11 @@ def save_json(path, obj):
     except ValueError as error:
         raise ValueError(f"{path}: refusing to write NaN or infinite values ({error})") from None
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_text(path, text):
+    """Write a text file (UTF-8), such as a report in Markdown."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def remove_temporaries(folder):
@@ -203,3 +212,115 @@ def folder_lock(folder):
     finally:
         os.remove(path)                      # removed while still locked: no one can take a stale file
         os.close(fd)
+
+
+# -- the summary of a training run ------------------------------------------------------------------
+SUMMARY_FORMAT = 2      # 2: this schema, with "format"; 1: the files written before it (no "format")
+LEGACY_SCHEME = "euler"  # a run written before the integrator was an option was fitted with forward Euler
+_said_legacy = set()
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """The schema of summary.json, the record train_meso.py keeps of a run; written and read only here.
+
+    A run counts up to its last complete EM step: the step is complete once summary.json lists it.
+    Everything that defines the fit is here, so the fitted model can be rebuilt from this file alone
+    (fitted_network, scheme, dt, a_cutoff), without the recording it was fitted to."""
+    options: dict                 # every option of train_meso.py (train_meso.Options), scheme and dt included
+    run_folder: str
+    seed: int                     # train_Noinit: the seed of the initial parameters
+    dataset: dict                 # path, seed and format version of the recording fitted
+    network: dict                 # src.network.Network.to_dict() of the recording: fixed parameters, true theta
+    theta_names: list             # amem_1 ... ft_M, the order of every theta
+    theta_true: list
+    prior_centre: list
+    theta_init: list
+    versions: dict                # software versions of the training (src.cli.software_versions)
+    em_steps: list = dataclasses.field(default_factory=list)   # per complete EM step: em_step, M (the
+    #                               M-step's info of src.em.m_step), theta, loss_y, loss_Z, loss, E_steps,
+    #                               E_seconds, E_nonfinite
+    e_history: list = dataclasses.field(default_factory=list)  # (em_step, loss_y, loss_Z) per E-step iteration
+    m_points: list = dataclasses.field(default_factory=list)   # (index in e_history, loss_y, loss_Z) per M-step
+    finished: bool = False
+    theta_final: list = None      # theta of the last complete EM step (None before the first)
+    final_loss: float = None
+    last_em_step: int = None
+    seconds: float = None         # training time, written when the run finishes
+    format: int = SUMMARY_FORMAT
+    path: str = dataclasses.field(default=None, compare=False)   # the file it was read from (not written)
+
+    def save(self, path):
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
+        save_json(path, {k: v for k, v in fields.items() if v is not None})
+
+    @classmethod
+    def load(cls, path):
+        """The summary in path, of this format or the one before; ResultFileError naming the file if it
+        is neither, or if its theta vectors are not finite numbers of one length."""
+        data = load_json(path)
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in data] if isinstance(data, dict) else required
+        if missing:
+            raise ResultFileError(f"{path}: not the summary of a train_meso.py run (missing {', '.join(missing)})")
+        version = data.get("format", 1)
+        if version not in (1, SUMMARY_FORMAT):
+            raise ResultFileError(f"{path}: summary format {version!r}; this version of neuLVM reads formats 1 "
+                                  f"and {SUMMARY_FORMAT}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        summary = cls(**{k: v for k, v in data.items() if k in known}, path=os.fspath(path))
+        summary.format = SUMMARY_FORMAT                # read as this format from now on
+        thetas = {k: getattr(summary, k) for k in ("theta_true", "theta_init", "theta_final")
+                  if getattr(summary, k) is not None}
+        for key, value in thetas.items():
+            value = np.asarray(value, dtype=object)
+            if (value.shape != (len(summary.theta_names),)
+                    or not all(isinstance(x, (int, float)) and np.isfinite(x) for x in value)):
+                raise ResultFileError(f"{path}: {key} must be {len(summary.theta_names)} finite numbers "
+                                      f"(one per name of theta_names)")
+        if summary.final_loss is not None and not isinstance(summary.final_loss, (int, float)):
+            raise ResultFileError(f"{path}: final_loss must be a number, got {summary.final_loss!r}")
+        return summary
+
+    # -- the fitted model ------------------------------------------------------------------------
+    @property
+    def scheme(self):
+        """The integrator of the fit; a run of the earlier format (no scheme) is LEGACY_SCHEME, said
+        once per file on stderr. ResultFileError for a scheme this version does not know."""
+        from .fast_np import check_scheme
+        scheme = self.options.get("scheme")
+        if scheme is None:
+            if self.path not in _said_legacy:
+                _said_legacy.add(self.path)
+                print(f"note: {self.path} was written before the integrator was recorded: read as scheme "
+                      f"{LEGACY_SCHEME!r}, the only one there was", file=sys.stderr)
+            return LEGACY_SCHEME
+        try:
+            check_scheme(scheme)
+        except ValueError as err:
+            raise ResultFileError(f"{self.path}: options.scheme: {err}") from None
+        return scheme
+
+    @property
+    def dt(self):
+        return float(self.options["dt"])
+
+    @property
+    def a_cutoff(self):
+        return float(self.options["a_cutoff"])
+
+    def true_network(self):
+        """The recording's network (src.network.Network), as stored with the fit."""
+        from .network import Network
+        try:
+            return Network(**self.network)
+        except (TypeError, ValueError) as err:
+            raise ResultFileError(f"{self.path}: field 'network' is not a network ({err})") from None
+
+    def fitted_network(self):
+        """The recording's network with the fitted theta: the model the fit found. ResultFileError if
+        the run has no complete EM step yet."""
+        if self.theta_final is None:
+            raise ResultFileError(f"{self.path}: the run has no complete EM step yet (no theta_final)")
+        return self.true_network().with_theta(self.theta_final)

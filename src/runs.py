@@ -1,72 +1,113 @@
-"""The runs of a fit: find them, compare them, pick the best (lowest final loss).
+"""The runs of a fit: find them, compare them, pick the best (lowest final loss); take up one
+that was interrupted (resume_state, for train_meso.py --resume).
 
     python -m src.runs "result/3pop example/data11"
 """
-import json
+import contextlib
+import logging
 import os
 import sys
 import warnings
 
 import numpy as np
 
-from .results import load_json
-
-SUMMARY_KEYS = ("final_loss", "em_steps", "theta_names", "theta_true", "theta_init", "theta_final")
+from .results import ResultFileError, RunSummary
 
 
 def find_runs(folder):
-    """{run name: summary} of the runs in folder that have a readable summary.json with a final loss.
-    Missing or partial runs are skipped with a warning."""
+    """{run name: src.results.RunSummary} of the runs in folder with a readable summary.json and a
+    final loss (at least one complete EM step). Missing or partial runs are skipped with a warning."""
     runs = {}
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     for name in names:
-        path = os.path.join(folder, name, "summary.json")
         if not os.path.isdir(os.path.join(folder, name)):
             continue
         try:
-            summary = load_json(path)
-            loss = float(summary["final_loss"])
-            missing = [key for key in SUMMARY_KEYS if key not in summary]
-            if missing:
-                raise KeyError(f"missing {', '.join(missing)}")
-            lengths = {len(summary[key]) for key in ("theta_names", "theta_true", "theta_init", "theta_final")}
-            if len(lengths) != 1:
-                raise ValueError("theta_names, theta_true, theta_init and theta_final differ in length")
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            summary = RunSummary.load(os.path.join(folder, name, "summary.json"))
+        except ResultFileError as err:
             warnings.warn(f"skipping {os.path.join(folder, name)}: no complete summary.json ({err})")
             continue
-        if not np.isfinite(loss):
-            warnings.warn(f"skipping {os.path.join(folder, name)}: final loss is {loss}")
+        if summary.final_loss is None or not np.isfinite(summary.final_loss):
+            warnings.warn(f"skipping {os.path.join(folder, name)}: no complete EM step (final loss "
+                          f"{summary.final_loss})")
             continue
-        if not summary.get("finished", False):
+        if not summary.finished:
             warnings.warn(f"{os.path.join(folder, name)} did not finish; using its last complete EM step")
         runs[name] = summary
     return runs
 
 
-# A run written before the integrator was an option (no options.scheme) was fitted with forward Euler.
-LEGACY_SCHEME = "euler"
-_said = set()
+# Options that define a fit: --resume refuses to continue a run with other values.
+FIT_OPTIONS = ("trial_length", "with_input", "t_perbatch", "end_timepoint", "dt", "M", "N", "Nsampled", "B",
+               "a_cutoff", "lb", "ub", "amem", "J", "rp", "ft", "sampled_spike_history_smoothed_w", "train_Noinit",
+               "method", "mstep_grad")
 
 
-def fit_discretisation(summary, where):
-    """(scheme, dt, a_cutoff) a run was fitted with, from its summary; a run of the earlier format
-    (no scheme recorded) is read as LEGACY_SCHEME, which is said once per process on stderr.
-    ValueError naming `where` for a scheme this version does not know."""
-    from .fast_np import check_scheme
-    options = summary["options"]
-    scheme = options.get("scheme")
-    if scheme is None:
-        if where not in _said:
-            _said.add(where)
-            print(f"note: {where} was written before the integrator was recorded: read as scheme "
-                  f"{LEGACY_SCHEME!r}, the only one there was", file=sys.stderr)
-        scheme = LEGACY_SCHEME
+def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_given):
+    """What --resume continues from: (summary, last) with the run's RunSummary, its complete EM
+    steps only, and the arrays of its last complete EM step (None if there is none); None if the
+    folder holds no summary.json.
+
+    options: the options of this call (a dict); the run continues with its own scheme, unless it
+    was given (scheme_given) and differs. ResultFileError or UsageError, before anything is
+    written, if the files are not a run of this kind or the run used other options."""
+    from .cli import UsageError
+    from .results import load_arrays
+
+    path = os.path.join(folder, "summary.json")
+    if not os.path.exists(path):
+        return None
+    summary = RunSummary.load(path)
+    if scheme_given and options["scheme"] != summary.scheme:
+        raise UsageError(f"--resume: --scheme is {options['scheme']!r} but the run in {folder} was fitted with "
+                         f"{summary.scheme!r}; resume without --scheme, or start a new run without --resume")
+    for name in FIT_OPTIONS:
+        before, now = summary.options.get(name), options[name]
+        if before != now:
+            raise UsageError(f"--resume: --{name} is {now!r} but the run in {folder} used {before!r}; resume with "
+                             "the same options, or start a new run without --resume")
+    if summary.dataset.get("seed") != recording_seed:
+        raise UsageError(f"--resume: {options['dataset']} (seed {recording_seed}) is not the recording the run in "
+                         f"{folder} was fitted to (seed {summary.dataset.get('seed')})")
+    theta_init = np.asarray(summary.theta_init, float)
+    if theta_init.shape != shape_theta:
+        raise ResultFileError(f"{path}: theta_init must be {shape_theta[0]} finite numbers")
+    done, last = [], None
+    for step in summary.em_steps:
+        e = step.get("em_step") if isinstance(step, dict) else None
+        if e != len(done) or not os.path.exists(os.path.join(folder, f"E{e}_est_param")):
+            break
+        last = load_arrays(os.path.join(folder, f"E{e}_est_param"))
+        for key, shape in (("theta", shape_theta), ("Z", shape_Z)):
+            value = np.asarray(last.get(key))
+            if value.shape != shape or not np.all(np.isfinite(value)):
+                raise ResultFileError(f"{folder}/E{e}_est_param: field {key!r} must be finite with shape {shape}, "
+                                      f"got shape {value.shape}")
+        done.append(step)
+    # what counts is what the complete steps left: the histories up to them, their last theta
+    summary.em_steps, summary.theta_init = done, theta_init
+    summary.e_history = [h for h in summary.e_history if h[0] < len(done)]
+    summary.m_points = summary.m_points[:len(done)]
+    if done:
+        summary.theta_final, summary.final_loss, summary.last_em_step = last["theta"], done[-1]["loss"], len(done) - 1
+    return summary, last
+
+
+@contextlib.contextmanager
+def training_log(folder, name="train_meso"):
+    """A logger that writes to stdout and to folder/train.log while the block runs."""
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(folder, "train.log"))]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
     try:
-        check_scheme(scheme)
-    except ValueError as err:
-        raise ValueError(f"{where}: options.scheme: {err}") from None
-    return scheme, float(options["dt"]), float(options["a_cutoff"])
+        yield log
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def best_run(folder):
@@ -74,7 +115,7 @@ def best_run(folder):
     runs = find_runs(folder)
     if not runs:
         raise ValueError(f"no trained run in {folder!r}: run `bash 3pop_neuLVM.sh` (or train_meso.py) first")
-    name = min(runs, key=lambda n: runs[n]["final_loss"])
+    name = min(runs, key=lambda n: runs[n].final_loss)
     return name, runs[name]
 
 
@@ -82,9 +123,9 @@ def parameter_table(runs):
     """Text table: true, initial, fitted theta and relative error of each run."""
     lines = []
     for name, s in runs.items():
-        lines.append(f"{name}: final loss {s['final_loss']:.6f}, EM steps {len(s['em_steps'])}")
+        lines.append(f"{name}: final loss {s.final_loss:.6f}, EM steps {len(s.em_steps)}")
         lines.append(f"  {'param':8s} {'true':>9s} {'init':>9s} {'fit':>9s} {'rel.err':>8s}")
-        for n, t, i, f in zip(s["theta_names"], s["theta_true"], s["theta_init"], s["theta_final"]):
+        for n, t, i, f in zip(s.theta_names, s.theta_true, s.theta_init, s.theta_final):
             lines.append(f"  {n:8s} {t:9.4f} {i:9.4f} {f:9.4f} {(f - t) / t:+8.3f}")
     return "\n".join(lines)
 

@@ -76,7 +76,7 @@ class Window:
         return self.y.shape[3] - self.K
 
     @property
-    def R(self):
+    def n_ref(self):
         """Refractory age bins: cohorts k with k*dt < ref_t are held at V = 0."""
         return refractory_bins(self.net.ref_t, self.dt)
 

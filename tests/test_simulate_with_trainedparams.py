@@ -1,8 +1,9 @@
 """Tests of simulate_with_trainedparams.py: run selection, clean errors, the files it writes.
 
 The runs here are made by hand (a summary.json with the true parameters as the "fit"), so no
-training is needed; the script only reads summary.json.
+training is needed; the script only reads summary.json (the recording they name does not exist).
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,21 +15,24 @@ import pytest
 
 import simulate_with_trainedparams as script
 from src.network import winner_take_all
-from src.results import save_json
+from src.results import RunSummary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# a network that is not model.md's: the script must take N and the rest from the summary
+NET = dataclasses.replace(winner_take_all(), N=np.array([300, 300, 150]), init_rates=np.array([18.0, 6.0, 24.0]))
+
+
 def fake_run(folder, name, loss, theta, dataset="no/such/recording.npz"):
-    """A run folder with the summary.json fields the script reads."""
+    """A run folder with a complete summary.json whose recording does not exist."""
     os.makedirs(os.path.join(folder, name))
-    net = winner_take_all()
-    save_json(os.path.join(folder, name, "summary.json"), {
-        "theta_names": [f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(3)],
-        "theta_true": net.theta, "theta_init": net.theta, "theta_final": np.asarray(theta), "final_loss": loss,
-        "em_steps": [{"em_step": 0, "loss": loss}], "last_em_step": 0, "finished": True, "seed": 0,
-        "dataset": {"path": dataset, "seed": 7},
-        "options": {"dataset": dataset, "dt": 0.004, "a_cutoff": 1.0}})
+    RunSummary(options={"dataset": dataset, "dt": 0.004, "a_cutoff": 1.0, "scheme": "exact"},
+               run_folder=os.path.join(folder, name), seed=0, dataset={"path": dataset, "seed": 7},
+               network=NET.to_dict(), theta_names=[f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(3)],
+               theta_true=NET.theta, prior_centre=NET.theta, theta_init=NET.theta, versions={},
+               em_steps=[{"em_step": 0, "loss": loss}], finished=True, theta_final=np.asarray(theta),
+               final_loss=loss, last_em_step=0).save(os.path.join(folder, name, "summary.json"))
 
 
 @pytest.fixture
@@ -75,7 +79,7 @@ def test_bad_options_exit_2_in_one_line(tmp_path, args, message):
 def test_best_run_is_the_lowest_loss_and_broken_runs_are_skipped_with_a_warning(runs):
     with pytest.warns(UserWarning) as record:
         folder, summary = script.pick_run(script.parse_options(["--result_dir", runs]))
-    assert os.path.basename(folder) == "train1" and summary["final_loss"] == -3.0
+    assert os.path.basename(folder) == "train1" and summary.final_loss == -3.0
     skipped = " ".join(str(w.message) for w in record)
     assert "train3" in skipped and "train4" in skipped, skipped
 
@@ -102,9 +106,11 @@ def test_simulates_the_fitted_model_and_writes_png_svg_and_the_seed(runs, kind, 
     with open(base + ".json") as f:
         record = json.load(f)
     assert record["seed"] == 5 and record["options"]["input"] == kind
-    np.testing.assert_allclose(record["theta"], winner_take_all().theta * 1.1, rtol=1e-12,
+    np.testing.assert_allclose(record["theta"], NET.theta * 1.1, rtol=1e-12,
                                err_msg="the simulated model must carry the best run's fitted theta")
-    assert "model.md" in record["fixed_parameters"]                 # the recording of the fake run is gone
+    # the recording of the fake run does not exist: the fixed parameters are the summary's network
+    assert record["network"]["N"] == [300, 300, 150] and record["network"]["init_rates"] == [18.0, 6.0, 24.0]
+    assert record["scheme"] == "exact" and record["dt"] == 0.004 and record["a_cutoff"] == 1.0
     assert "final loss -3.000000" in capsys.readouterr().out
 
 
@@ -115,3 +121,29 @@ def test_input_is_the_bin_average_of_the_microscopic_input():
     # the pulse covers 2-6 ms: half of bin 0 and half of bin 1
     np.testing.assert_allclose(I_ext[0], [5, 5, 0, 0, 0], err_msg="pulse input per 4 ms bin")
     assert not I_ext[1:].any()
+
+
+def test_a_real_run_whose_recording_was_moved_away_simulates_from_its_summary_alone(tmp_path, capsys):
+    """Train a tiny run on a copy of the shipped recording, move the copy away: the script rebuilds
+    the model from summary.json, and its simulation equals one of the recording's network with the
+    fitted theta (same seed, scheme, dt), bin for bin."""
+    import shutil
+
+    import train_meso
+    from src import neulvm
+    from src.dataset import load_recording
+    shipped = os.path.join(REPO, "dataset", "3pop_noinput_small.npz")
+    copy = str(tmp_path / "recording.npz")
+    shutil.copy(shipped, copy)
+    summary = train_meso.main(["--dataset", copy, "--trial_length", "2", "--t_perbatch", "2", "--end_timepoint", "3",
+                               "--max_EMsteps", "1", "--Emaxiters", "2", "--Mmaxiters", "2",
+                               "--SAVE_DIR", str(tmp_path / "res") + "/"])
+    os.rename(copy, str(tmp_path / "moved.npz"))
+    folder = os.path.join(str(tmp_path / "res"), "data3")
+    assert script.main(["--result_dir", folder, "--duration", "2", "--seed", "3"]) == 0
+    with open(os.path.join(folder, "train0", "simulation_none_seed3.json")) as f:
+        record = json.load(f)
+    net = load_recording(shipped).network.with_theta(summary.theta_final)
+    expected = neulvm.simulate(net, 2.0, 3, scheme="exact")
+    np.testing.assert_array_equal(record["mean_rates_Hz"], expected["A"].mean(axis=1))
+    assert record["network"]["N"] == net.N.tolist() and record["scheme"] == "exact"
