@@ -4,7 +4,7 @@ scipy_Mstep and tf_EGDstep are src.em.m_step and src.em.e_step.
 
     python train_meso.py --train_Noinit 0                  # one run on the shipped dataset
     python train_meso.py --train_Noinit 0 --resume         # continue a killed run
-    python train_meso.py --trial_length 2 --end_timepoint 3 --max_EMsteps 2   # a quick look
+    python train_meso.py --trial_length 2 --t_perbatch 2 --end_timepoint 3 --max_EMsteps 2   # a quick look
     bash 3pop_neuLVM.sh                                     # the five runs of the paper's Fig. 4
 
 Writes into {SAVE_DIR}data{end_timepoint}/{train_folderbase}{train_Noinit}/: init_param,
@@ -16,13 +16,13 @@ shows the traceback). Every file is written atomically (complete or absent). Whi
 its folder it holds the lock train.lock there; a second run into the same folder is refused. Ctrl-C
 (or SIGTERM) stops at once, exit status 130, and the log says how to continue with --resume.
 """
+import dataclasses
 import math
 import os
 import shlex
 import signal
 import sys
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 
 from src.cli import UsageError, check, option, parse   # importing src first also quiets TensorFlow

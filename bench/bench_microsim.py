@@ -8,7 +8,6 @@ which is run for 2 s of network only and extrapolated linearly (it costs the sam
 The first XLA call compiles the loop; that time is reported separately. The 11 s run is
 repeated 3 times and the fastest counts (other processes share the 2 cores).
 """
-import os
 import resource
 import sys
 import time

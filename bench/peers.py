@@ -19,7 +19,6 @@ issue sets targets for. Writes the same figures, the configuration and the versi
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from src import __version__, neulvm, peers  # noqa: E402
+from src.cli import software_versions  # noqa: E402
 from src.microsim import MICRO_DT, simulate, use_one_tf_thread  # noqa: E402
 from src.network import winner_take_all  # noqa: E402
 
@@ -98,7 +98,7 @@ def switch_rate_se(summary):
 
 def write_record(out, record):
     """Write a bench's figures and configuration, with the software versions, to the JSON file out."""
-    record = {**record, "versions": {"python": platform.python_version(), "numpy": np.__version__, "src": __version__}}
+    record = {**record, "versions": software_versions()}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(record, indent=1))
     print(f"\nwrote {out}")

@@ -1,4 +1,6 @@
 """The neuLVM likelihood in TensorFlow, with no loop over time (shared/docs/model.md section 6).
+The original project's file of this name held its TensorFlow cell, stepped once per bin; the same
+likelihood is here MesoModel, and the free simulation `simulate`. Notation: src/network.py.
 
 Given the latent Z, no bin of section 3 depends on the loss of an earlier bin. The cohorts form an
 (age k, time t) grid, k = 0..K-1, t = 0..T-1; cell (k, t) is the cohort that fired k+1 bins before t.
@@ -219,23 +221,8 @@ def cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, n_ref, dt):
     return gF, tf.reduce_sum(gq, [0, 2])[:, None], gft, gV0, gS0, gZ_full
 
 
-def make_cohort_sums(K, n_ref, dt):
-    """cohort_forward's sums as a differentiable function of (F, q, ft, V0, S0, Z_full), its
-    gradient given by cohort_backward (tf.custom_gradient); for eager use and tests."""
-
-    @tf.custom_gradient
-    def cohort_sums(F, q, ft, V0, S0, Z_full):
-        sums, S_grid = cohort_forward(F, q, ft, V0, S0, Z_full, K, n_ref, dt)
-
-        def grad(*sum_grads):
-            return cohort_backward(F, q, ft, V0, S0, Z_full, S_grid, sum_grads, K, n_ref, dt)
-        return sums, grad
-
-    return cohort_sums
-
-
 class MesoModel:
-    """neuLVM on one Window: theta (amem, J, rp, ft) and the latent Z as variables, and the losses.
+    """neuLVM on one Window, and its losses at theta (amem, J, rp, ft) and the latent Z.
 
     `losses()` gives (loss_y, loss_Z) as numbers; `value_and_grad(wrt)` the total loss and its exact
     gradient with respect to theta or Z. scheme: the integrator of the potentials (src.fast_np.SCHEMES);
@@ -254,8 +241,8 @@ class MesoModel:
         leak_step(scheme, 1.0, w.dt)                                         # ValueError for an unknown scheme
         self.scheme = scheme
         self.dtype = tf.as_dtype(dtype)
-        self.theta = tf.Variable(np.asarray(theta, float), dtype=self.dtype, name="theta")   # (4M,)
-        self.Z = tf.Variable(np.asarray(Z, float), dtype=self.dtype, name="Z")               # (B, M, T)
+        self.theta = tf.constant(np.asarray(theta, float), dtype=self.dtype)   # (4M,) where losses() evaluates
+        self.Z = tf.constant(np.asarray(Z, float), dtype=self.dtype)           # (B, M, T)   by default
         if self.theta.shape != (4 * w.M,):
             raise ValueError(f"theta must have {4 * w.M} entries (amem, J, rp, ft), got {self.theta.shape}")
         if self.Z.shape != (w.B, w.M, w.T):
@@ -279,13 +266,14 @@ class MesoModel:
         self._obs_init_mask = c((age - t) >= n_ref)
         self._obs_refractory = tf.constant(age < n_ref)
         self._chunks, self._chunk_bins = time_chunks(T, K, TIME_CHUNKS)
-        self._cohort_sums = make_cohort_sums(K, n_ref, w.dt)
         self._compiled = {}
 
     # -- the model, as a pure function of (theta, Z) ------------------------------------------
     def _losses(self, theta, Z):
         F, q, ft, V0, S0, Z_full = self._inputs(theta, Z)
-        return self._finish(Z, F, q, ft, V0, self._cohort_sums(F, q, ft, V0, S0, Z_full))
+        sums, _ = cohort_forward(F, q, ft, V0, S0, Z_full, self.window.K, self.window.n_ref, self.window.dt,
+                                 keep_survival=False)
+        return self._finish(Z, F, q, ft, V0, sums)
 
     def _inputs(self, theta, Z):
         """3.1-3.2 up to the cohorts: F (B, M, T), q and ft (M, 1), the stationary start V0 and S0
@@ -433,7 +421,7 @@ class MesoModel:
         return self._compiled[wrt]
 
     def losses(self, theta=None, Z=None):
-        """(loss_y, loss_Z) as floats, at the variables' values unless theta or Z are given."""
+        """(loss_y, loss_Z) as floats, at the model's theta and Z unless theta or Z are given."""
         ly, lz = self._function(None)(self._as_theta(theta), self._as_Z(Z))
         return float(ly), float(lz)
 
@@ -515,7 +503,7 @@ def simulate(net, dt, K, T, A0, rng, I_ext=None, Nobs=0, *, scheme):
     A0: (B, M) initial rates (Hz), also the activity of the K history bins. rng: np.random.Generator,
     from which every random number is drawn before the loop (normals for Z, then uniforms for the
     observed neurons), so the output depends only on the generator's state. Survival S and 1 - S are
-    carried as in the likelihood (cohort_sums), which is fast_np's exp(logS) up to rounding.
+    carried as in the likelihood (cohort_forward), which is fast_np's exp(logS) up to rounding.
     Returns Z (B, M, T) and spikes (B, M, Nobs, T).
     """
     A0 = np.asarray(A0, dtype=float)

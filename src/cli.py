@@ -27,11 +27,18 @@ class NoResult(ValueError):
     """There is nothing to work on yet (no trained run): one line on stderr, exit status 1."""
 
 
-def option(default, help):
-    """A dataclass field: its default and the one line of --help that documents it."""
+REQUIRED = object()   # option(REQUIRED, ...): an option that must be given
+
+
+def option(default, help, items=None):
+    """A dataclass field: its default (REQUIRED: none, it must be given) and the one line of --help
+    that documents it. An option of type list takes one or more values of type `items` (float)."""
+    metadata = {"help": help, "items": items or float}
+    if default is REQUIRED:
+        return dataclasses.field(default=None, metadata={**metadata, "required": True})
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def default_of(f):
@@ -54,16 +61,17 @@ def parse(options_class, argv, prog, description, presets=None):
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(options_class):
         kind, default, text = f.type, default_of(f), f.metadata["help"]
-        shown = f"[default: {default!r}" + "".join(
+        shown = "[required]" if f.metadata.get("required") else f"[default: {default!r}" + "".join(
             f"; --{flag}: {values[f.name]!r}" for flag, values in presets.items() if f.name in values) + "]"
         if kind in (bool, "bool"):
             parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=text)
         elif kind in (list, "list"):
-            parser.add_argument(f"--{f.name}", type=float, nargs="+", default=argparse.SUPPRESS,
+            parser.add_argument(f"--{f.name}", type=f.metadata["items"], nargs="+", default=argparse.SUPPRESS,
                                 help=f"{text} {shown}")
         else:
             kind = {"int": int, "float": float, "str": str}.get(kind, kind)
-            parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, help=f"{text} {shown}")
+            parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, help=f"{text} {shown}",
+                                required=f.metadata.get("required", False))
     given = vars(parser.parse_args(argv))
     values = {}
     for flag, preset in presets.items():

@@ -1,7 +1,9 @@
 """The neuLVM likelihood in plain numpy, float64: the reference every faster version is checked against.
+The original project's fast_lossy and fast_lossZ (its numpy loss_y and loss_Z) are here `losses`,
+which returns both; `objective` is the M-step's loss of theta for finite differences.
 
 It is written to be read next to shared/docs/model.md section 3: one loop over the bins of the
-window, and in each bin the steps 3.1-3.7 in order. Symbols as in src/network.py and src/window.py;
+window, and in each bin the steps 3.1-3.7 in order. Symbols as in src/network.py (Notation);
 in addition, for population a in bin t:
     Isyn   synaptic drive of each presynaptic population (Hz)
     h      total input, sum_b W[b, a] Isyn_b + eps * I_ext_a (potential units / s)

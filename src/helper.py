@@ -1,5 +1,9 @@
 """From a microscopic recording to the model's input (shared/docs/model.md section 2), and the
 data-driven initialisation of the latent (section 4.1).
+
+The original project's init_model (in its src/helper.py) is here: make_window cuts and bins the
+data, init_Z makes the initial latent; the initial parameters are drawn in train_meso.train and
+the model is src.LIFmesoCell.MesoModel.
 """
 import numpy as np
 from scipy.ndimage import gaussian_filter1d

@@ -41,7 +41,6 @@ Two implementations of the same loop consume the same random numbers and give th
 come from the one `np.random.Generator` passed in: the input noise first, then the initial
 state, then the thresholds, segment by segment.
 """
-import argparse
 import functools
 import sys
 from dataclasses import dataclass
@@ -51,7 +50,10 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import lfilter
 
 from src import __version__
+from src.cli import REQUIRED, check, option, parse, run
 from src.network import Network, winner_take_all
+
+PROG = "python -m src.microsim"
 
 MICRO_DT = 2e-4  # s, step of the microscopic simulation
 SEGMENT_STEPS = 5000  # steps simulated per call of the compiled loop (thresholds drawn per segment)
@@ -421,53 +423,38 @@ def use_one_tf_thread():
         pass
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block) and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser():
-    p = _OneLineParser(prog="python -m src.microsim", description="Simulate the winner-take-all spiking "
-                       "network (model.md section 1) and write a dataset file (.npz, src/dataset.py).")
-    p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--duration", type=float, default=11.0, help="simulated time in s (default 11)")
-    p.add_argument("--seed", type=int, required=True, help="seed of every random draw")
-    p.add_argument("--n_recorded", type=int, default=30, help="recorded neurons per population (>= 30, default 30)")
-    p.add_argument("--delay_steps", type=int, default=1,
-                   help="synaptic delay in 0.2 ms steps; 1 = the model's convention (default 1)")
-    p.add_argument("--input", choices=("none", "pulses", "ou"), default="none", help="external input (default none)")
-    p.add_argument("--pulse_amplitude", type=float, default=200.0,
-                   help="pulse amplitude in potential units per s (2.5 mV/s; 50 raises V by 1 at steady state)")
-    p.add_argument("--pulse_onsets", type=float, nargs="+", default=[2.0], help="pulse onsets in s")
-    p.add_argument("--pulse_duration", type=float, default=0.2, help="pulse duration in s")
-    p.add_argument("--pulse_target", type=int, default=0, help="population receiving the pulses (0-based)")
-    p.add_argument("--ou_mean", type=float, default=0.0, help="OU input mean, potential units per s")
-    p.add_argument("--ou_sigma", type=float, default=100.0, help="OU input standard deviation, potential units per s")
-    p.add_argument("--ou_targets", type=int, nargs="+", default=None,
-                   help="populations receiving independent OU inputs (0-based, default all)")
-    return p
+@dataclass
+class Options:
+    out: str = option(REQUIRED, "output .npz file")
+    seed: int = option(REQUIRED, "seed of every random draw")
+    duration: float = option(11.0, "simulated time (s)")
+    n_recorded: int = option(30, "recorded neurons per population (>= 30)")
+    delay_steps: int = option(1, "synaptic delay in 0.2 ms steps; 1 = the model's convention")
+    input: str = option("none", "external input: none, pulses or ou")
+    pulse_amplitude: float = option(200.0, "pulse amplitude in potential units per s (2.5 mV/s; 50 raises V by 1 "
+                                           "at steady state)")
+    pulse_onsets: list = option([2.0], "pulse onsets (s)")
+    pulse_duration: float = option(0.2, "pulse duration (s)")
+    pulse_target: int = option(0, "population receiving the pulses (0-based)")
+    ou_mean: float = option(0.0, "OU input mean, potential units per s")
+    ou_sigma: float = option(100.0, "OU input standard deviation, potential units per s")
+    ou_targets: list = option(None, "populations receiving independent OU inputs (0-based; default all)", items=int)
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    try:
-        if args.n_recorded < 30:
-            raise ValueError(f"--n_recorded must be >= 30 (the dataset format), got {args.n_recorded!r}")
-        use_one_tf_thread()
-        from src.dataset import save_recording
+def main(argv):
+    args = parse(Options, argv, PROG, "Simulate the winner-take-all spiking network (model.md section 1) and "
+                 "write a dataset file (.npz, src/dataset.py).")
+    check([(args.n_recorded >= 30, f"--n_recorded must be >= 30 (the dataset format), got {args.n_recorded!r}"),
+           (args.input in ("none", "pulses", "ou"), f"--input must be none, pulses or ou, got {args.input!r}")])
+    use_one_tf_thread()
+    from src.dataset import save_recording
 
-        pulse = dict(amplitude=args.pulse_amplitude, onsets=args.pulse_onsets, duration=args.pulse_duration,
-                     target=args.pulse_target)
-        ou = dict(mean=args.ou_mean, sigma=args.ou_sigma, targets=args.ou_targets)
-        recording = simulate_recording(winner_take_all(), args.duration, args.seed, input_kind=args.input,
-                                       n_recorded=args.n_recorded, delay_steps=args.delay_steps,
-                                       pulse=pulse, ou=ou)
-        save_recording(args.out, recording)
-    except (ValueError, OSError) as error:
-        print(f"python -m src.microsim: error: {error}", file=sys.stderr)
-        return 2
+    pulse = dict(amplitude=args.pulse_amplitude, onsets=args.pulse_onsets, duration=args.pulse_duration,
+                 target=args.pulse_target)
+    ou = dict(mean=args.ou_mean, sigma=args.ou_sigma, targets=args.ou_targets)
+    recording = simulate_recording(winner_take_all(), args.duration, args.seed, input_kind=args.input,
+                                   n_recorded=args.n_recorded, delay_steps=args.delay_steps, pulse=pulse, ou=ou)
+    save_recording(args.out, recording)
     winner, switches = dominance(recording.pop_spike_counts, recording.network.N, recording.h)
     rates = recording.pop_spike_counts.sum(axis=1) / (recording.network.N * recording.duration)
     print(f"wrote {args.out}: {recording.duration:g} s, seed {args.seed}, mean rates "
@@ -477,4 +464,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(PROG, main))

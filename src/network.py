@@ -1,6 +1,7 @@
 """The spiking network: parameters of M homogeneous LIF populations with escape noise.
 
-Notation (shared/docs/model.md, used in every module of the project):
+Notation: the one block of the project; every module uses these names (shared/docs/model.md).
+The network:
     M        number of populations, indexed a, b
     N        neurons per population, shape (M,)
     amem     1 / tau_m, membrane rate (1/s), shape (M,)
@@ -13,16 +14,27 @@ Notation (shared/docs/model.md, used in every module of the project):
     ref_t    absolute refractory period (s)
     eps      gain of the external input
 The escape rate of a neuron at potential V is exp(V - ft) in 1/s.
-
 theta, the 12 numbers the M-step fits, is the flat vector (amem, J, rp, ft) of a 3-population
 network; in general it has 4*M entries in that order.
+
+The data and the mesoscopic model (src/window.py, src/fast_np.py, src/LIFmesoCell.py):
+    dt       mesoscopic time bin (s), 4 ms by default
+    K        age bins, a_cutoff / dt (250): cohort k fired k+1 bins ago
+    n_ref    refractory age bins, ceil(ref_t / dt): cohorts k < n_ref are held at V = 0
+    T        bins per batch of the fitted window; B batches, each with its own K bins of history
+    Nobs     observed neurons per population (train_meso.py's --Nsampled)
+    y        observed spikes, 1 if the neuron fired in the bin, (B, M, Nobs, K+T): history, then window
+    Z        latent population activity: fraction of a population firing in a bin, (B, M, T)
+    A0       initial rate (Hz) of each population, from the observed neurons' history, (B, M)
+    I_ext    external input per bin (potential units / s), (B, M, T)
+The recording (src/dataset.py, src/microsim.py):
+    MICRO_DT     step of the microscopic simulation, 0.2 ms, stored in a recording as its field 'h'
+                 (everywhere else h is model.md's total input of a population, src/fast_np.py)
+    n_recorded   neurons per population whose spike trains the recording keeps (the first Nobs are observed)
 """
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
-THETA_GROUPS = ("amem", "J", "rp", "ft")
-
 
 @dataclass(frozen=True)
 class Network:

@@ -66,7 +66,6 @@ NEST cannot set a neuron's refractory counter or synaptic current: neurons that 
 refractory start free at V = 0, and all start with zero synaptic current. `gif_pop_psc_exp` starts
 from its own default state (all neurons in its oldest cohort at V = 0). Discard a first second.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -75,7 +74,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.microsim import MICRO_DT   # s, the step of every peer simulation
+from src.cli import REQUIRED, check, option, parse
 from src.network import Network
 
 C_M = 250.0         # pF, membrane capacitance given to NEST; it cancels (weights and currents scale with it)
@@ -83,6 +82,10 @@ RECORD_CHUNK = 10.0  # s simulated per nest.Simulate call; spike records are rea
 NO_ADAPTATION = {"q_sfa": [0.0], "tau_sfa": [100.0]}  # gif_pop_psc_exp rejects empty lists
 SIMULATORS = ("nest_micro", "nest_meso", "brian2")
 BRIAN2_TARGETS = ("numpy", "cython", "cpp_standalone")
+PROG = "python -m src.peers"
+# s, the step of every peer simulation: src.microsim.MICRO_DT, not imported from there because a
+# separate Brian2 environment (README) runs this module and may lack scipy, which src.microsim needs
+MICRO_DT = 2e-4
 
 
 @dataclass(frozen=True)
@@ -440,29 +443,25 @@ def load_run(path):
                        float(f["wall_run"]), str(f["version"]), float(f["cpu_run"]))
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+@dataclass
+class Options:
+    simulator: str = option(REQUIRED, f"peer simulator: {', '.join(SIMULATORS)}")
+    duration: float = option(REQUIRED, "simulated time (s)")
+    seed: int = option(REQUIRED, "seed of every random draw (>= 0)")
+    out: str = option(REQUIRED, "output .npz file")
+    brian2_target: str = option("numpy", f"Brian2 code generation target: {', '.join(BRIAN2_TARGETS)}")
 
 
-def main(argv=None):
-    p = _OneLineParser(prog="python -m src.peers", description="Simulate the winner-take-all network "
-                       "(src/network.py) in a peer simulator and write its population spike counts (.npz).")
-    p.add_argument("--simulator", choices=SIMULATORS, required=True)
-    p.add_argument("--duration", type=float, required=True, help="simulated time in s")
-    p.add_argument("--seed", type=int, required=True, help="seed of every random draw (>= 0)")
-    p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--brian2_target", choices=BRIAN2_TARGETS, default="numpy",
-                   help="Brian2 code generation target (default numpy)")
-    args = p.parse_args(argv)
+def main(argv):
+    args = parse(Options, argv, PROG, "Simulate the winner-take-all network (src/network.py) in a peer "
+                 "simulator and write its population spike counts (.npz).")
+    check([(args.simulator in SIMULATORS, f"--simulator must be one of {', '.join(SIMULATORS)}, got {args.simulator!r}"),
+           (args.brian2_target in BRIAN2_TARGETS,
+            f"--brian2_target must be one of {', '.join(BRIAN2_TARGETS)}, got {args.brian2_target!r}")])
     from src.network import winner_take_all
     network = winner_take_all()
-    try:
-        peer = run(args.simulator, network, args.duration, args.seed, brian2_target=args.brian2_target)
-        save_run(args.out, peer, network, args.duration, args.seed)
-    except (ValueError, OSError) as error:
-        print(f"python -m src.peers: error: {error}", file=sys.stderr)
-        return 2
+    peer = run(args.simulator, network, args.duration, args.seed, brian2_target=args.brian2_target)
+    save_run(args.out, peer, network, args.duration, args.seed)
     rates = peer.pop_spike_counts.sum(axis=1) / (network.N * args.duration)
     print(f"wrote {args.out}: {peer.simulator} {peer.version}, {args.duration:g} s, seed {args.seed}, build "
           f"{peer.wall_build:.1f} s, run {peer.wall_run:.1f} s, mean rates {np.array2string(rates, precision=2)} Hz")
@@ -470,4 +469,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.cli import run as run_script
+    sys.exit(run_script(PROG, main))

@@ -1,16 +1,6 @@
 """The data a neuLVM likelihood sees: one window of binned observations, cut into B batches.
 
-Notation (shared/docs/model.md sections 2-3; see also src/network.py):
-    dt     mesoscopic time bin (s), 4 ms by default
-    K      number of age bins, a_cutoff / dt (250): cohort k fired k+1 bins ago
-    T      bins per batch in the window
-    B      batches (consecutive windows, each with its own history)
-    Nobs   observed neurons per population
-    y      observed spike trains, 1 if the neuron fired in the bin, shape (B, M, Nobs, K+T):
-           the K bins of history, then the T bins of the window
-    Z      latent population activity, fraction of a population firing in a bin, shape (B, M, T)
-    A0     initial rate (Hz) of each population, from the observed neurons' history, shape (B, M)
-    I_ext  external input per bin, shape (B, M, T)
+Notation (dt, K, n_ref, T, B, Nobs, y, Z, A0, I_ext): src/network.py.
 """
 from dataclasses import dataclass
 
