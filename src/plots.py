@@ -1,4 +1,6 @@
-"""Figures of a fit: observed spikes and true vs estimated population activity; loss curves."""
+"""Figures of a fit: observed spikes and true vs estimated population activity; loss curves; the
+figures of the replication report (src/report.py). Every function draws into the file `path` it is
+given: write through src.results.save_figure(path, plot_..., ...), which makes the write atomic."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,6 +10,7 @@ import numpy as np  # noqa: E402
 from .helper import smooth  # noqa: E402
 
 POPULATION_NAMES = ("E1", "E2", "I")
+REPORT_DPI = 90                      # resolution of the report's figures
 
 
 def population_names(M):
@@ -63,4 +66,111 @@ def plot_losses(path, e_history, m_points):
     axes[-1].set_xlabel("E-step iteration (all EM steps; grey lines separate EM steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# -- the replication report (src/report.py) -------------------------------------------------------
+def plot_latent(path, truth, estimates, dt, names, t_start, smooth_sd):
+    """Per population the true activity and each estimate {name: (M, T) Hz} over the fitted window,
+    which starts t_start s into the recording; all smoothed by smooth_sd s (said on the axis)."""
+    M, T = truth.shape
+    time_s = t_start + (np.arange(T) + 0.5) * dt
+    fig, axes = plt.subplots(M, 1, figsize=(11, 2.4 * M), sharex=True)
+    styles = {"data-driven init": {"color": "C1", "ls": "--"}, "neuLVM": {"color": "C0"},
+              "GPFA, best linear map": {"color": "C2", "ls": ":"}}
+    for a in range(M):
+        ax = axes[a]
+        ax.plot(time_s, truth[a], color="k", lw=1.5, label="true")
+        for k, v in estimates.items():
+            ax.plot(time_s, v[a], lw=1.1, label=k, **styles.get(k, {}))
+        ax.set_ylabel(f"{names[a]} (Hz)")
+    axes[0].legend(loc="upper right", fontsize=8, ncol=4, frameon=False)
+    axes[-1].set_xlabel(f"time in the recording (s); activity smoothed {smooth_sd * 1e3:g} ms")
+    axes[0].set_title("population activity: truth vs inferred (best run)")
+    _save_report_figure(fig, path)
+
+
+def plot_dominance(path, dwell):
+    """Histogram and survival function of the dominance durations of each simulation
+    {name: src.report.dwell_times(...)}."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    all_d = np.concatenate([d["durations"] for d in dwell.values()] + [[0.3, 10.0]])
+    bins = np.geomspace(0.25, max(all_d.max() * 1.1, 1.0), 25)
+    for i, (k, d) in enumerate(dwell.items()):
+        dur = np.sort(d["durations"])
+        label = f"{k} (n={len(dur)})"
+        if len(dur):
+            axes[0].hist(dur, bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=label,
+                         weights=np.full(len(dur), 1 / len(dur)))
+            axes[1].step(dur, 1 - np.arange(len(dur)) / len(dur), where="post", color=f"C{i}", label=label)
+        else:
+            axes[1].plot([], [], color=f"C{i}", label=f"{k}: no complete period")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("dominance duration (s)")
+    axes[0].set_ylabel("fraction of periods (log-spaced bins)")
+    axes[1].set_ylabel("fraction of periods longer")
+    axes[1].legend(fontsize=8, frameon=False)
+    axes[0].set_title("distribution of dominance durations")
+    axes[1].set_title("survival function")
+    _save_report_figure(fig, path)
+
+
+def plot_traces(path, pieces, N, dt, names, seconds=100.0):
+    """The first `seconds` s of E activity (smoothed 150 ms) of each simulation {name: list of
+    independent (M, n_bins) spike-count pieces}, the starts of new pieces dashed."""
+    fig, axes = plt.subplots(len(pieces), 1, figsize=(11, 2.2 * len(pieces)), sharex=True, squeeze=False)
+    for ax, (k, p) in zip(axes[:, 0], pieces.items()):
+        counts = np.concatenate(p, axis=1)[:, :int(round(seconds / dt))]
+        A = smooth(counts / (np.asarray(N)[:, None] * dt), 0.15, dt)
+        t = (np.arange(A.shape[1]) + 0.5) * dt
+        for a in range(min(2, A.shape[0])):
+            ax.plot(t, A[a], lw=0.8, color=f"C{a}", label=names[a])
+        for b in range(1, len(p)):
+            if b * p[0].shape[1] * dt < t[-1]:
+                ax.axvline(b * p[0].shape[1] * dt, color="0.7", lw=0.8, ls="--")
+        ax.set_ylabel("Hz")
+        ax.set_title(k, fontsize=9, loc="left")
+    axes[0, 0].legend(loc="upper right", fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("time (s); E activity smoothed 150 ms; dashed: start of a new independent piece")
+    _save_report_figure(fig, path)
+
+
+def plot_stimulation(path, averages, search, amplitude, dt, names, onset, length, target, smooth_sd):
+    """Trial-averaged responses {name: (M, n_bins) Hz or None} to a step of `length` s into
+    population `target` at `onset` s, and below them the amplitude search [(amplitude, fraction, n)]."""
+    M = next(v for v in averages.values() if v is not None).shape[0]
+    fig, axes = plt.subplots(M + 1, 1, figsize=(10, 2.2 * (M + 1)))
+    for a in range(1, M):
+        axes[a].sharex(axes[0])
+    for i, (k, A) in enumerate(averages.items()):
+        if A is None:
+            continue
+        t = (np.arange(A.shape[1]) + 0.5) * dt
+        for a in range(M):
+            axes[a].plot(t, A[a], color=f"C{i}", lw=1.2, label=k)
+    for a in range(M):
+        axes[a].axvspan(onset, onset + length, color="0.9")
+        axes[a].set_ylabel(f"{names[a]} (Hz)")
+    axes[M - 1].set_xlabel(f"time in trial (s); grey: step into {names[target]}; "
+                           f"smoothed {smooth_sd * 1e3:g} ms")
+    axes[0].legend(fontsize=8, frameon=False, loc="upper right")
+    axes[0].set_title(f"trial-averaged response to a step of amplitude {amplitude:.3g} into {names[target]}")
+    amps = [h[0] for h in search]
+    fracs = [h[1] for h in search]
+    order = np.argsort(amps)
+    axes[M].plot(np.asarray(amps)[order], np.asarray(fracs)[order], "o-", color="0.3")
+    for k, (a, f) in enumerate(zip(amps, fracs)):
+        axes[M].annotate(str(k), (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[M].axhline(0.5, color="0.7", ls="--")
+    axes[M].set_xscale("log")
+    axes[M].set_ylim(-0.05, 1.05)
+    axes[M].set_xlabel("amplitude (potential units / s), search order annotated")
+    axes[M].set_ylabel("switch fraction\n(network)")
+    _save_report_figure(fig, path)
+
+
+def _save_report_figure(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=REPORT_DPI)
     plt.close(fig)

@@ -30,13 +30,17 @@ What it measures (the best run is the one with the lowest final loss, src/runs.p
      closest amplitudes on either side; the chosen amplitude is the evaluated one whose fraction is
      closest to 0.5 (the smaller on a tie). The comparison then runs fresh trials (new seeds) at
      that amplitude in the network, the fitted model and the true-parameter model.
-  5. Versions, seeds, the command and the time each part took.
+  5. Versions, seeds (every one derived from --seed by name, evaluation_seeds), the command and the
+     time each part took.
 Nothing is cached: every number comes from the simulations of this call.
+
+The code follows that order: the measures (measure_latent, measure_parameters,
+measure_metastability, measure_stimulation: plain functions of arrays, networks and run summaries,
+each returning a dict), the simulations they are measured on, render_markdown (the text of
+report.md) and report_numbers (report.json), then main. The figures are src/plots.py's.
 """
-import argparse
 import dataclasses
 import os
-import platform
 import shlex
 import sys
 import time
@@ -44,6 +48,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli import NoResult, UsageError, check, option, parse, run, software_versions
+from .gpfa import X_DIM
+from .helper import smooth
+from .results import save_figure, save_json, save_text
+
+PROG = "python -m src.report"
 DEFAULT_RESULT_DIR = "result/3pop example/data11"
 LATENT_SMOOTH = 0.02          # s, s.d. of the Gaussian smoothing of every activity compared
 STIM_TARGET = 1               # E2 (0-based population index)
@@ -57,79 +67,180 @@ AMP_START = 4.0               # potential units per s (2.5 mV/s); 50 raises V by
 AMP_MIN, AMP_MAX = 0.125, 2048.0  # the search stays in this range
 TARGET_DOMINANCE_FACTOR = 1.5
 TARGET_SWITCH_DIFF = 0.2
-FIGURE_DPI = 90
 N_SHIFTS = 200               # circular shifts for GPFA's chance level
+GPFA = "GPFA, best linear map"   # the name of GPFA's estimate in the latent measures
+NETWORK, FITTED, TRUE_MODEL = "microscopic network", "fitted model", "true-parameter model"
+FIGURES = {"latent": "report_latent.png", "dominance": "report_dominance.png", "traces": "report_traces.png",
+           "stimulation": "report_stimulation.png"}
+
+
+# ------------------------------------------------------------------ options
+
+QUICK = {"duration": 60.0, "segment": 20.0, "trials": 8, "search_steps": 2, "gpfa_iters": 50,
+         "gpfa_restarts": 1}      # --quick: a short look and the tests (numbers not meaningful)
 
 
 @dataclass
 class ReportOptions:
-    result_dir: str = DEFAULT_RESULT_DIR  # folder holding the runs train0..train4
-    dataset: str = ""           # recording the runs were fitted to (default: the path in the best run's summary)
-    seed: int = 2022            # seed of the evaluation simulations (the others are derived from it)
-    duration: float = 1000.0    # s of each metastable-dynamics simulation
-    segment: float = 100.0      # s per independent piece of those simulations
-    trials: int = 20            # stimulation trials per evaluation
-    search_steps: int = 6       # amplitude evaluations of the search
-    gpfa_iters: int = 500       # GPFA EM iterations at most
-    gpfa_restarts: int = 3      # GPFA fits from different initialisations (seeds 0, 1, ...)
-    quick: bool = False         # small settings for a quick look and the tests
-    debug: bool = False         # show tracebacks
+    result_dir: str = option(DEFAULT_RESULT_DIR, "folder with the runs (train0, train1, ...)")
+    dataset: str = option("", "recording the runs were fitted to (default: from the best run's summary.json)")
+    seed: int = option(2022, "seed of the evaluation simulations (the others are derived from it, "
+                             "evaluation_seeds); must differ from the training data's seed")
+    duration: float = option(1000.0, "s of each metastable-dynamics simulation")
+    segment: float = option(100.0, "s per independent piece of those simulations")
+    trials: int = option(20, "stimulation trials per evaluation")
+    search_steps: int = option(6, "amplitude evaluations of the search")
+    gpfa_iters: int = option(500, "GPFA EM iterations at most")
+    gpfa_restarts: int = option(3, "GPFA fits from different initialisations (seeds 0, 1, ...); the best per "
+                                   "population is reported")
+    quick: bool = option(False, f"small settings ({', '.join(f'{k}={v:g}' for k, v in QUICK.items())}) for a "
+                                "quick look and the tests; numbers not meaningful")
+    debug: bool = option(False, "show tracebacks on errors")
 
 
-QUICK = {"duration": 60.0, "segment": 20.0, "trials": 8, "search_steps": 2, "gpfa_iters": 50, "gpfa_restarts": 1}
-HELP = {
-    "result_dir": "folder with the runs (train0, train1, ...)",
-    "dataset": "recording the runs were fitted to (default: from the best run's summary.json)",
-    "seed": "seed of the evaluation simulations; must differ from the training data's seed",
-    "duration": "s of each metastable-dynamics simulation", "segment": "s per independent piece",
-    "trials": "stimulation trials per evaluation", "search_steps": "amplitude evaluations of the search",
-    "gpfa_iters": "GPFA EM iterations at most",
-    "gpfa_restarts": "GPFA fits from different initialisations; the best per population is reported",
-    "quick": f"small settings ({', '.join(f'{k}={v:g}' for k, v in QUICK.items())}); numbers not meaningful",
-    "debug": "show tracebacks on errors",
-}
-
-
-class ReportError(ValueError):
-    """Bad options or inputs: one line, exit status 2."""
-
-
-class NoResult(ReportError):
-    """No trained run: exit status 1."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parse_options(argv=None):
-    parser = _OneLineParser(prog="python -m src.report", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(ReportOptions):
-        if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", action="store_true", help=HELP[f.name])
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(f"--{f.name}", type=kind, default=None,
-                                help=f"{HELP[f.name]} [default: {f.default!r}; --quick: {QUICK.get(f.name, f.default)!r}]")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    opt = ReportOptions(**{**(QUICK if given.get("quick") else {}), **given})
+def parse_options(argv):
+    opt = parse(ReportOptions, argv, PROG, __doc__, presets={"quick": QUICK})
     n_pieces = opt.duration / opt.segment if opt.segment > 0 else 0
-    for ok, message in [
-            (opt.duration > 0, f"--duration must be > 0 s, got {opt.duration!r}"),
-            (opt.segment > 0 and abs(n_pieces - round(n_pieces)) < 1e-9,
-             f"--segment must divide --duration ({opt.duration:g} s), got {opt.segment!r}"),
-            (opt.trials >= 1, f"--trials must be >= 1, got {opt.trials!r}"),
-            (opt.search_steps >= 1, f"--search_steps must be >= 1, got {opt.search_steps!r}"),
-            (opt.gpfa_iters >= 1, f"--gpfa_iters must be >= 1, got {opt.gpfa_iters!r}"),
-            (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}")]:
-        if not ok:
-            raise ReportError(message)
+    check([(opt.duration > 0, f"--duration must be > 0 s, got {opt.duration!r}"),
+           (opt.segment > 0 and abs(n_pieces - round(n_pieces)) < 1e-9,
+            f"--segment must divide --duration ({opt.duration:g} s), got {opt.segment!r}"),
+           (opt.trials >= 1, f"--trials must be >= 1, got {opt.trials!r}"),
+           (opt.search_steps >= 1, f"--search_steps must be >= 1, got {opt.search_steps!r}"),
+           (opt.gpfa_iters >= 1, f"--gpfa_iters must be >= 1, got {opt.gpfa_iters!r}"),
+           (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}")])
     return opt
 
 
+def evaluation_seeds(seed, search_steps):
+    """Every seed of the evaluation simulations, by name, derived from --seed. The search's
+    evaluation k runs its trials from the generator seeded by the pair (seed + 3, k)."""
+    return {f"metastable: {NETWORK}": seed, f"metastable: {FITTED}": seed + 1,
+            f"metastable: {TRUE_MODEL}": seed + 2,
+            **{search_seed_name(k): (seed + 3, k) for k in range(search_steps)},
+            f"stimulation: {NETWORK}": seed + 4, f"stimulation: {FITTED}": seed + 5,
+            f"stimulation: {TRUE_MODEL}": seed + 6}
+
+
+def search_seed_name(k):
+    return f"stimulation search, evaluation {k}"
+
+
 # ------------------------------------------------------------------ measures
+
+def measure_latent(Z_true, Z_init, Z_runs, y_obs, dt, K, gpfa_iters, gpfa_restarts, log=lambda msg: None):
+    """Claim 1: how well the fit's latent follows the true population activity of its window.
+
+    Z_true: (B, M, T) the true activity of the window (fraction of each population per bin);
+    Z_init: the best run's data-driven initial latent; Z_runs: {run: its final latent}, best run
+    first, all (B, M, T) like Z_true; y_obs: (M * Nobs, K + B*T) the observed spike trains of the
+    window and its K bins of history, which GPFA is fitted to (seeds 0 .. gpfa_restarts - 1).
+    Returns truth and estimates ((M, B*T) Hz, smoothed LATENT_SMOOTH), scores {estimate: [(r, RMSE)
+    per population]}, run_r {run: [r]}, the GPFA restarts (gpfa_fits, with their latents X and
+    mapped activity), gpfa_null (chance level of its r), gpfa_note (why GPFA did not run, or "")
+    and the targets beats_init and beats_gpfa (None if GPFA did not run)."""
+    from .gpfa import best_linear_map, gpfa_latents, shift_null_r
+    sd = LATENT_SMOOTH
+    best = next(iter(Z_runs))
+    truth = smooth(_flat(Z_true), sd, dt) / dt                              # (M, B*T) Hz
+    M = truth.shape[0]
+    estimates = {"data-driven init": smooth(_flat(Z_init), sd, dt) / dt,
+                 "neuLVM": smooth(_flat(Z_runs[best]), sd, dt) / dt}
+    gpfa_note, gpfa_null, gpfa_fits = "", None, []
+    try:
+        for seed in range(gpfa_restarts):                         # restarts differ in elephant's FA init
+            X, info = gpfa_latents(y_obs, dt, em_max_iters=gpfa_iters, seed=seed)
+            X = X[:, K:]                                                    # (X_DIM, B*T) the evaluated bins
+            mapped = best_linear_map(X, truth)[0]                           # (M, B*T) Hz
+            gpfa_fits.append({**info, "X": X, "mapped": mapped,
+                              "r": [pearson_rmse(mapped[a], truth[a])[0] for a in range(M)]})
+        # upper bound: per population the restart whose mapped latents correlate best with the truth
+        pick = [max(range(len(gpfa_fits)), key=lambda i: np.nan_to_num(gpfa_fits[i]["r"][a], nan=-2))
+                for a in range(M)]
+        estimates[GPFA] = np.stack([gpfa_fits[pick[a]]["mapped"][a] for a in range(M)])
+        gpfa_null = [np.quantile(shift_null_r(gpfa_fits[pick[a]]["X"], truth[a], N_SHIFTS), 0.95)
+                     for a in range(M)]
+    except (ImportError, RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+        gpfa_note = f"GPFA was not run: {err}"
+        log(gpfa_note)
+    scores = {k: [pearson_rmse(v[a], truth[a]) for a in range(M)] for k, v in estimates.items()}
+    run_r = {name: [pearson_rmse(smooth(_flat(Z)[a], sd, dt) / dt, truth[a])[0] for a in range(M)]
+             for name, Z in Z_runs.items()}
+    r_neulvm = [x[0] for x in scores["neuLVM"]]
+    return {"truth": truth, "estimates": estimates, "scores": scores, "run_r": run_r, "gpfa_fits": gpfa_fits,
+            "gpfa_null": gpfa_null, "gpfa_note": gpfa_note,
+            "beats_init": all(r_neulvm[a] > scores["data-driven init"][a][0] for a in range(M)),
+            "beats_gpfa": (None if GPFA not in scores else
+                           all(r_neulvm[a] > scores[GPFA][a][0] for a in range(M)))}
+
+
+def measure_parameters(runs):
+    """Claim 2: {run: final_loss, em_steps (how many complete), train_Noinit, finished, and
+    parameters: [{name, true, initial, fitted, rel_error = (fitted - true) / true}]} of each
+    src.results.RunSummary in runs {name: summary}, in the order given."""
+    def rows(s):
+        return [{"name": n, "true": t, "initial": i, "fitted": f, "rel_error": (f - t) / t}
+                for n, t, i, f in zip(s.theta_names, s.theta_true, s.theta_init, s.theta_final)]
+    return {name: {"final_loss": s.final_loss, "em_steps": len(s.em_steps), "train_Noinit": s.seed,
+                   "finished": bool(s.finished), "parameters": rows(s)}
+            for name, s in runs.items()}
+
+
+def measure_metastability(pieces, N, dt):
+    """Claim 3: the dominance periods of each simulation against the microscopic network's.
+
+    pieces: {NETWORK: [...], FITTED: [...], TRUE_MODEL: [...]}, each a list of independent
+    (M, n_bins) spike counts per bin of dt s. Returns dwell {simulation: dwell_times(...)},
+    summary {simulation: (periods, mean, median, CV) of the durations}, ks {simulation other than
+    the network: (KS statistic, p) of its durations against the network's, None if either has
+    none}, the fitted model's mean_fit, the network's mean_micro, their ratio and the target
+    dominance_ok (None if the network had no complete period)."""
+    from scipy.stats import ks_2samp
+    dwell = {k: dwell_times(v, N, dt) for k, v in pieces.items()}
+    ks = {}
+    for k in dwell:
+        if k != NETWORK:
+            a, b = dwell[k]["durations"], dwell[NETWORK]["durations"]
+            test = ks_2samp(a, b) if len(a) and len(b) else None
+            ks[k] = None if test is None else (float(test.statistic), float(test.pvalue))
+    mean_micro = dwell_summary(dwell[NETWORK]["durations"])[1]
+    mean_fit = dwell_summary(dwell[FITTED]["durations"])[1]
+    ratio = mean_fit / mean_micro if np.isfinite(mean_fit) and np.isfinite(mean_micro) else float("nan")
+    if not np.isfinite(mean_micro):
+        dominance_ok = None          # the network had no complete period: nothing to compare with
+    else:
+        dominance_ok = bool(np.isfinite(ratio)
+                            and 1 / TARGET_DOMINANCE_FACTOR <= ratio <= TARGET_DOMINANCE_FACTOR)
+    return {"dwell": dwell, "summary": {k: dwell_summary(d["durations"]) for k, d in dwell.items()}, "ks": ks,
+            "mean_micro": mean_micro, "mean_fit": mean_fit, "ratio": ratio, "dominance_ok": dominance_ok}
+
+
+def measure_stimulation(amplitude, search, trials, dt):
+    """Claim 4: the switch fraction under the chosen stimulation, against the network's.
+
+    amplitude, search: the amplitude search's choice and history (search_amplitude), passed on;
+    trials: {NETWORK: A, FITTED: A, TRUE_MODEL: A}, A (trials, M, n_bins) in Hz, the fresh trials
+    at that amplitude (empty if none was found). Returns amplitude, search, fractions {simulation:
+    (switch fraction, trials counted)}, averages {simulation: (M, n_bins) Hz, the mean over the
+    counted trials smoothed LATENT_SMOOTH, None if none counts}, response {model: [(r, RMSE) per
+    population] of its average against the network's from PRE_WINDOW[0] on} and the target
+    switch_ok (None if nothing was simulated)."""
+    valid = {k: classify_trials(A, dt) for k, A in trials.items()}
+    fractions = {k: switch_fraction(*v) for k, v in valid.items()}
+    averages = {k: smooth(A[valid[k][0]].mean(axis=0), LATENT_SMOOTH, dt) if valid[k][0].any() else None
+                for k, A in trials.items()}                                 # (M, n_bins) Hz
+    skip = int(round(PRE_WINDOW[0] / dt))                                   # compare from the pre window on
+    response = {}
+    for k in (FITTED, TRUE_MODEL):
+        if averages.get(k) is not None and averages.get(NETWORK) is not None:
+            response[k] = [pearson_rmse(averages[k][a, skip:], averages[NETWORK][a, skip:])
+                           for a in range(averages[k].shape[0])]
+    switch_ok = None
+    if FITTED in fractions:
+        diff = abs(fractions[FITTED][0] - fractions[NETWORK][0])
+        switch_ok = bool(diff <= TARGET_SWITCH_DIFF) if np.isfinite(diff) else False
+    return {"amplitude": amplitude, "search": list(search), "fractions": fractions, "averages": averages,
+            "response": response, "switch_ok": switch_ok}
+
 
 def pearson_rmse(estimate, truth):
     """(Pearson r, RMSE) of two equally shaped 1-d signals; r is nan if either is constant."""
@@ -199,20 +310,57 @@ def switch_fraction(valid, switched):
     return (float(switched[valid].sum() / n) if n else float("nan")), n
 
 
-def bin_counts(counts, steps):
-    """Sum counts (M, n_steps) over consecutive groups of `steps` steps: (M, n_steps // steps)."""
-    M, n = counts.shape
-    n_bins = n // steps
-    return counts[:, :n_bins * steps].reshape(M, n_bins, steps).sum(-1)
-
-
-def bin_mean(x, steps):
-    M, n = x.shape
-    n_bins = n // steps
-    return x[:, :n_bins * steps].reshape(M, n_bins, steps).mean(-1)
+def _flat(Z):
+    """(B, M, T) consecutive batches -> (M, B*T)."""
+    Z = np.asarray(Z)
+    return Z.transpose(1, 0, 2).reshape(Z.shape[1], -1)
 
 
 # ------------------------------------------------------------------ simulations
+
+def metastable_pieces(net_true, net_fit, scheme, dt, K, duration, segment, seeds, log=lambda msg: None):
+    """The simulations of claim 3: `duration` s of the microscopic network (net_true), cut into
+    pieces of `segment` s, and as many independent free simulations of `segment` s of the fitted
+    (net_fit) and of the true-parameter mesoscopic model. seeds: evaluation_seeds(...). Returns
+    pieces {simulation: list of (M, n_bins) spike counts per bin of dt} and the seeds used."""
+    from .microsim import MICRO_DT, simulate
+    n_pieces, T_piece = int(round(duration / segment)), int(round(segment / dt))
+    used = {f"metastable: {k}": seeds[f"metastable: {k}"] for k in (NETWORK, FITTED, TRUE_MODEL)}
+    rng = np.random.default_rng(used[f"metastable: {NETWORK}"])
+    micro = simulate(net_true, int(round(duration / MICRO_DT)), rng, n_recorded=0)
+    counts = bin_counts(micro.pop_spike_counts, int(round(dt / MICRO_DT)))    # (M, n_bins) per dt bin
+    del micro
+    log(f"microscopic network: {duration:g} s simulated")
+    pieces = {NETWORK: [counts[:, i * T_piece:(i + 1) * T_piece] for i in range(n_pieces)]}
+    for label, net in ((FITTED, net_fit), (TRUE_MODEL, net_true)):
+        Z = free_batches(net, dt, K, scheme, n_pieces, T_piece, used[f"metastable: {label}"])  # (pieces,M,T)
+        pieces[label] = list(Z * net.N[None, :, None])
+        log(f"{label}: {n_pieces} x {segment:g} s simulated")
+    return {"pieces": pieces, "seeds": used}
+
+
+def stimulation_trials(net_true, net_fit, scheme, dt, K, trials, search_steps, seeds, log=lambda msg: None):
+    """The simulations of claim 4: the amplitude search on the microscopic network (net_true), then
+    `trials` fresh trials at the chosen amplitude in the network and in the fitted and the
+    true-parameter mesoscopic model. seeds: evaluation_seeds(...). Returns amplitude (nan if none
+    could be evaluated), search [(amplitude, fraction, trials counted)], trials {simulation: A
+    (trials, M, n_bins) Hz} (empty without an amplitude) and the seeds used."""
+    def evaluate(amp, k):
+        A = micro_trials(net_true, amp, trials, seeds[search_seed_name(k)], dt)
+        frac, n = switch_fraction(*classify_trials(A, dt))
+        log(f"  search {k}: amplitude {amp:g}: {frac:.2f} of {n} trials switch")
+        return frac, n
+
+    amplitude, search = search_amplitude(evaluate, search_steps)
+    used = {search_seed_name(k): seeds[search_seed_name(k)] for k in range(len(search))}
+    A = {}
+    if np.isfinite(amplitude):
+        used.update({f"stimulation: {k}": seeds[f"stimulation: {k}"] for k in (NETWORK, FITTED, TRUE_MODEL)})
+        A[NETWORK] = micro_trials(net_true, amplitude, trials, used[f"stimulation: {NETWORK}"], dt)
+        for label, net in ((FITTED, net_fit), (TRUE_MODEL, net_true)):
+            A[label] = meso_trials(net, amplitude, trials, used[f"stimulation: {label}"], dt, K, scheme)
+    return {"amplitude": amplitude, "search": search, "trials": A, "seeds": used}
+
 
 def free_batches(net, dt, K, scheme, n_batches, T, seed, I_ext=None, A0=None):
     """n_batches independent free simulations of the mesoscopic model (model.md section 5) with the
@@ -235,10 +383,10 @@ def stimulus(M, amplitude, h):
 def micro_trials(net, amplitude, trials, seed, dt):
     """Stimulation trials of the microscopic network from the E1-winning stationary start; one
     generator (seeded by `seed`) for all trials. Returns A (trials, M, n_bins) in Hz, binned at dt."""
-    from .microsim import H, simulate
+    from .microsim import MICRO_DT, simulate
     net = dataclasses.replace(net, init_rates=np.asarray(STIM_START_RATES))
-    I_ext = stimulus(net.M, amplitude, H)
-    steps = int(round(dt / H))
+    I_ext = stimulus(net.M, amplitude, MICRO_DT)
+    steps = int(round(dt / MICRO_DT))
     rng = np.random.default_rng(seed)
     A = []
     for _ in range(trials):
@@ -249,8 +397,8 @@ def micro_trials(net, amplitude, trials, seed, dt):
 
 def meso_trials(net, amplitude, trials, seed, dt, K, scheme):
     """The same trials in the mesoscopic model (input averaged over each bin, as the data is)."""
-    from .microsim import H
-    I_bins = bin_mean(stimulus(net.M, amplitude, H), int(round(dt / H)))   # (M, n_bins)
+    from .microsim import MICRO_DT
+    I_bins = bin_mean(stimulus(net.M, amplitude, MICRO_DT), int(round(dt / MICRO_DT)))   # (M, n_bins)
     I_ext = np.broadcast_to(I_bins, (trials,) + I_bins.shape)
     Z = free_batches(net, dt, K, scheme, trials, I_bins.shape[1], seed, I_ext, A0=STIM_START_RATES)
     return Z / dt
@@ -286,255 +434,95 @@ def search_amplitude(evaluate, steps):
     return chosen, history
 
 
-# ------------------------------------------------------------------ loading
-
-def _resolve(path, base):
-    """A path from a summary: as given, else relative to the repository (training runs from there)."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(base, path)
-    return candidate if os.path.exists(candidate) else path
+def bin_counts(counts, steps):
+    """Sum counts (M, n_steps) over consecutive groups of `steps` steps: (M, n_steps // steps)."""
+    M, n = counts.shape
+    n_bins = n // steps
+    return counts[:, :n_bins * steps].reshape(M, n_bins, steps).sum(-1)
 
 
-def load_run(folder, name, summary):
-    """Initial and final (last complete EM step) latent and theta of one run."""
-    from .results import load_arrays
-    run = os.path.join(folder, name)
-    last = summary.get("last_em_step", summary["em_steps"][-1]["em_step"])
-    init = load_arrays(os.path.join(run, "init_param"))
-    final = load_arrays(os.path.join(run, f"E{last}_est_param"))
-    return {"Z_init": init["Z"], "Z": final["Z"], "theta": np.asarray(summary["theta_final"]),
-            "last_em_step": last}
+def bin_mean(x, steps):
+    """Mean of x (M, n_steps) over consecutive groups of `steps` steps: (M, n_steps // steps)."""
+    M, n = x.shape
+    n_bins = n // steps
+    return x[:, :n_bins * steps].reshape(M, n_bins, steps).mean(-1)
 
 
-def _flat(Z):
-    """(B, M, T) consecutive batches -> (M, B*T)."""
-    Z = np.asarray(Z)
-    return Z.transpose(1, 0, 2).reshape(Z.shape[1], -1)
+# ------------------------------------------------------------------ rendering
+
+@dataclass
+class Context:
+    """What report.md and report.json say besides the measures: what was measured, and how."""
+    folder: str                 # the result folder
+    runs: dict                  # {name: src.results.RunSummary}, lowest final loss first (the best)
+    options: ReportOptions
+    dataset: str                # the recording the runs were fitted to
+    recording_seed: int         # its seed
+    argv: list                  # the command line, without the program
+    cwd: str
+    seeds: dict                 # {what: seed} of every simulation, the training's included
+    versions: dict              # src.cli.software_versions of this call
+    timings: dict               # {part of the report: s}
+
+    @property
+    def best(self):
+        return next(iter(self.runs))
 
 
-def _fmt(x, digits=3):
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _met(ok):
-    return "not evaluated" if ok is None else ("**met**" if ok else "**not met**")
-
-
-# ------------------------------------------------------------------ report
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        opt = parse_options(argv)
-        return make_report(opt, argv)
-    except NoResult as err:
-        print(f"python -m src.report: error: {err}", file=sys.stderr)
-        return 1
-    except (ReportError, ValueError, OSError) as err:    # ValueError: unreadable result files, bad data
-        if "--debug" in argv:
-            raise
-        print(f"python -m src.report: error: {err}", file=sys.stderr)
-        return 2
-
-
-def make_report(opt, argv):
-    start = time.time()
-    timings = {}
-    log = lambda msg: print(f"[report {time.time() - start:6.1f} s] {msg}", flush=True)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from . import __version__
-    from .dataset import DatasetError, load_recording
-    from .helper import bin_recording, make_window, smooth
-    from .microsim import H, simulate, use_one_tf_thread
+def render_markdown(ctx, latent, parameters, metastability, stimulation):
+    """The text of report.md: the measures (measure_latent, measure_parameters, measure_metastability,
+    measure_stimulation) with the context ctx (Context) they were made in."""
     from .plots import population_names
-    from .runs import find_runs, fit_discretisation
-
-    # ---------------------------------------------------------------- runs and data
-    folder = opt.result_dir
-    if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
-        folder = os.path.join(repo, folder)      # the default, asked from outside the repository
-    runs = find_runs(folder)
-    if not runs:
-        raise NoResult(f"no trained run in {folder!r}: run bash 3pop_neuLVM.sh first")
-    order = sorted(runs, key=lambda n: runs[n]["final_loss"])
-    best = order[0]
-    s = runs[best]
-    o = s["options"]
-    dataset = opt.dataset or _resolve(s.get("dataset", {}).get("path", o["dataset"]), repo)
-    try:
-        rec = load_recording(dataset)
-    except DatasetError as err:
-        raise ReportError(f"cannot read the training data ({err}); pass --dataset") from None
-    if opt.seed == rec.seed:
-        raise ReportError(f"--seed {opt.seed} is the seed of the training data {dataset}; choose another")
-    net_true = rec.network
-    if not np.allclose(net_true.theta, s["theta_true"]):
-        raise ReportError(f"{dataset} is not the recording {best} was fitted to (its true theta differs)")
-    net_fit = net_true.with_theta(s["theta_final"])
-    scheme, dt, a_cutoff = fit_discretisation(s, os.path.join(folder, best, "summary.json"))
-    M, names = net_true.M, population_names(net_true.M)
-    K = int(round(a_cutoff / dt))
-    window = make_window(rec, dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
-                         o["Nsampled"], with_input=bool(o["with_input"]))
-    use_one_tf_thread()
-    log(f"best run {best} of {len(runs)} (final loss {s['final_loss']:.6f}); data {dataset}")
-
-    # ---------------------------------------------------------------- 1. latent inference
-    t0 = time.time()
-    sd = LATENT_SMOOTH
-    truth = smooth(_flat(window.Z_true), sd, dt) / dt                     # (M, T) Hz
-    loaded = {name: load_run(folder, name, runs[name]) for name in order}
-    estimates = {"data-driven init": smooth(_flat(loaded[best]["Z_init"]), sd, dt) / dt,
-                 "neuLVM": smooth(_flat(loaded[best]["Z"]), sd, dt) / dt}
-    # GPFA sees the same observed spike trains as neuLVM: the window and its history
-    _, y_all, _ = bin_recording(rec, dt)
-    end = int(round(o["end_timepoint"] / dt))
-    n_win = truth.shape[1]
-    y_gpfa = y_all[:, :o["Nsampled"], end - n_win - K:end].reshape(M * o["Nsampled"], -1)  # (M*Nobs, K+T)
-    gpfa_note, gpfa_null, gpfa_fits = "", None, []
-    try:
-        from .gpfa import best_linear_map, gpfa_latents, shift_null_r
-        for seed in range(opt.gpfa_restarts):                            # restarts differ in elephant's FA init
-            X, info = gpfa_latents(y_gpfa, dt, em_max_iters=opt.gpfa_iters, seed=seed)
-            X = X[:, K:]                                                  # (3, T) the evaluated bins
-            mapped = best_linear_map(X, truth)[0]                         # (M, T) Hz
-            gpfa_fits.append({**info, "X": X, "mapped": mapped,
-                              "r": [pearson_rmse(mapped[a], truth[a])[0] for a in range(M)]})
-        # upper bound: per population the restart whose mapped latents correlate best with the truth
-        pick = [max(range(len(gpfa_fits)), key=lambda i: np.nan_to_num(gpfa_fits[i]["r"][a], nan=-2))
-                for a in range(M)]
-        estimates["GPFA, best linear map"] = np.stack([gpfa_fits[pick[a]]["mapped"][a] for a in range(M)])
-        gpfa_null = [np.quantile(shift_null_r(gpfa_fits[pick[a]]["X"], truth[a], N_SHIFTS), 0.95)
-                     for a in range(M)]
-    except (ImportError, RuntimeError, ValueError, np.linalg.LinAlgError) as err:
-        gpfa_note = f"GPFA was not run: {err}"
-        log(gpfa_note)
-    scores = {k: [pearson_rmse(v[a], truth[a]) for a in range(M)] for k, v in estimates.items()}
-    run_r = {name: [pearson_rmse(smooth(_flat(loaded[name]["Z"])[a], sd, dt) / dt, truth[a])[0]
-                    for a in range(M)] for name in order}
+    opt, best, s = ctx.options, ctx.best, ctx.runs[ctx.best]
+    o, dt = s.options, s.dt
+    scores, truth, gpfa_note = latent["scores"], latent["truth"], latent["gpfa_note"]
+    M = truth.shape[0]
+    names = population_names(M)
     r_neulvm = [x[0] for x in scores["neuLVM"]]
-    beats_init = all(r_neulvm[a] > scores["data-driven init"][a][0] for a in range(M))
-    beats_gpfa = (None if "GPFA, best linear map" not in scores else
-                  all(r_neulvm[a] > scores["GPFA, best linear map"][a][0] for a in range(M)))
-    fig_latent = _plot_latent(folder, truth, estimates, dt, names, o["end_timepoint"] - o["trial_length"])
-    timings["latent inference"] = time.time() - t0
-    log("latent inference done")
-
-    # ---------------------------------------------------------------- 3. metastable dynamics
-    t0 = time.time()
+    fractions = stimulation["fractions"]
     n_pieces = int(round(opt.duration / opt.segment))
-    T_piece = int(round(opt.segment / dt))
-    steps_per_bin = int(round(dt / H))
-    seeds = {"training data (microscopic network)": rec.seed,
-             "initial parameters of each run (train_Noinit)": {n: runs[n]["seed"] for n in order},
-             "metastable: microscopic network": opt.seed,
-             "metastable: fitted model": opt.seed + 1, "metastable: true-parameter model": opt.seed + 2}
-    micro = simulate(net_true, int(round(opt.duration / H)), np.random.default_rng(opt.seed), n_recorded=0)
-    micro_counts = bin_counts(micro.pop_spike_counts, steps_per_bin)        # (M, n_bins) per dt bin
-    del micro
-    log(f"microscopic network: {opt.duration:g} s simulated")
-    pieces = {"microscopic network": [micro_counts[:, i * T_piece:(i + 1) * T_piece] for i in range(n_pieces)]}
-    for label, net, seed in (("fitted model", net_fit, opt.seed + 1), ("true-parameter model", net_true, opt.seed + 2)):
-        Z = free_batches(net, dt, K, scheme, n_pieces, T_piece, seed)               # (pieces, M, T)
-        pieces[label] = list(Z * net.N[None, :, None])
-        log(f"{label}: {n_pieces} x {opt.segment:g} s simulated")
-    dwell = {k: dwell_times(v, net_true.N, dt) for k, v in pieces.items()}
-    from scipy.stats import ks_2samp
-    ks = {}
-    for k in ("fitted model", "true-parameter model"):
-        a, b = dwell[k]["durations"], dwell["microscopic network"]["durations"]
-        ks[k] = ks_2samp(a, b) if len(a) and len(b) else None
-    mean_micro = dwell_summary(dwell["microscopic network"]["durations"])[1]
-    mean_fit = dwell_summary(dwell["fitted model"]["durations"])[1]
-    ratio = mean_fit / mean_micro if np.isfinite(mean_fit) and np.isfinite(mean_micro) else float("nan")
-    if not np.isfinite(mean_micro):
-        dominance_ok = None          # the network had no complete period: nothing to compare with
-    else:
-        dominance_ok = bool(np.isfinite(ratio) and 1 / TARGET_DOMINANCE_FACTOR <= ratio <= TARGET_DOMINANCE_FACTOR)
-    fig_dwell = _plot_dwell(folder, dwell)
-    fig_traces = _plot_traces(folder, pieces, net_true.N, dt, names)
-    timings["metastable dynamics"] = time.time() - t0
-    log("metastable dynamics done")
-
-    # ---------------------------------------------------------------- 4. stimulation
-    t0 = time.time()
-
-    def evaluate(amp, k):
-        A = micro_trials(net_true, amp, opt.trials, (opt.seed + 3, k), dt)
-        frac, n = switch_fraction(*classify_trials(A, dt))
-        log(f"  search {k}: amplitude {amp:g}: {frac:.2f} of {n} trials switch")
-        return frac, n
-
-    amplitude, search = search_amplitude(evaluate, opt.search_steps)
-    seeds.update({"stimulation search, evaluation k": f"({opt.seed + 3}, k)",
-                  "stimulation: microscopic network": opt.seed + 4, "stimulation: fitted model": opt.seed + 5,
-                  "stimulation: true-parameter model": opt.seed + 6})
-    stim = {}
-    if np.isfinite(amplitude):
-        stim["microscopic network"] = micro_trials(net_true, amplitude, opt.trials, opt.seed + 4, dt)
-        stim["fitted model"] = meso_trials(net_fit, amplitude, opt.trials, opt.seed + 5, dt, K, scheme)
-        stim["true-parameter model"] = meso_trials(net_true, amplitude, opt.trials, opt.seed + 6, dt, K, scheme)
-    stim_valid = {k: classify_trials(A, dt) for k, A in stim.items()}
-    fractions = {k: switch_fraction(*v) for k, v in stim_valid.items()}
-    averages = {k: smooth(A[stim_valid[k][0]].mean(axis=0), sd, dt) if stim_valid[k][0].any() else None
-                for k, A in stim.items()}                                # (M, n_bins) Hz
-    skip = int(round(PRE_WINDOW[0] / dt))                                  # compare from the pre window on
-    response = {}
-    for k in ("fitted model", "true-parameter model"):
-        if averages.get(k) is not None and averages.get("microscopic network") is not None:
-            response[k] = [pearson_rmse(averages[k][a, skip:], averages["microscopic network"][a, skip:])
-                           for a in range(M)]
-    switch_ok = None
-    if "fitted model" in fractions:
-        diff = abs(fractions["fitted model"][0] - fractions["microscopic network"][0])
-        switch_ok = bool(diff <= TARGET_SWITCH_DIFF) if np.isfinite(diff) else False
-    fig_stim = _plot_stim(folder, averages, search, amplitude, dt, names) if stim else None
-    timings["stimulation"] = time.time() - t0
-    log("stimulation done")
-
-    # ---------------------------------------------------------------- write
-    timings["total"] = time.time() - start
-    versions = _versions(__version__)
     md = []
     w = md.append
-    w(f"# neuLVM replication report: {folder}\n")
+    w(f"# neuLVM replication report: {ctx.folder}\n")
     if opt.quick:
         w("**QUICK MODE** (`--quick`): short simulations and few trials; the numbers below show that the "
           "pipeline runs, they do not measure the claims.\n")
-    w(f"Best run **{best}** (lowest final loss {s['final_loss']:.6f} of {len(runs)} complete runs: "
-      f"{', '.join(order)}), fitted to {o['trial_length']:g} s ending at {o['end_timepoint']:g} s of "
-      f"`{dataset}` (seed {rec.seed}), {o['Nsampled']} observed neurons per population, dt = {dt * 1e3:g} ms, "
-      f"scheme {scheme}, age cutoff {a_cutoff:g} s (free simulations use the same). "
-      f"Report made in {timings['total']:.0f} s.\n")
+    w(f"Best run **{best}** (lowest final loss {s.final_loss:.6f} of {len(ctx.runs)} complete runs: "
+      f"{', '.join(ctx.runs)}), fitted to {o['trial_length']:g} s ending at {o['end_timepoint']:g} s of "
+      f"`{ctx.dataset}` (seed {ctx.recording_seed}), {o['Nsampled']} observed neurons per population, "
+      f"dt = {dt * 1e3:g} ms, scheme {s.scheme}, age cutoff {s.a_cutoff:g} s (free simulations use the "
+      f"same). Report made in {ctx.timings['total']:.0f} s.\n")
+
     w("## Targets\n")
     w("| target | measured | result |\n|---|---|---|")
     w(f"| neuLVM's r beats the initialisation for every population | neuLVM "
       f"{', '.join(_fmt(x) for x in r_neulvm)} vs init "
-      f"{', '.join(_fmt(x[0]) for x in scores['data-driven init'])} | {_met(beats_init)} |")
-    if "GPFA, best linear map" in scores:
+      f"{', '.join(_fmt(x[0]) for x in scores['data-driven init'])} | {_met(latent['beats_init'])} |")
+    if GPFA in scores:
         w(f"| neuLVM's r beats GPFA (upper bound) for every population | GPFA "
-          f"{', '.join(_fmt(x[0]) for x in scores['GPFA, best linear map'])} | {_met(beats_gpfa)} |")
+          f"{', '.join(_fmt(x[0]) for x in scores[GPFA])} | {_met(latent['beats_gpfa'])} |")
     else:
         w(f"| neuLVM's r beats GPFA for every population | {gpfa_note} | not evaluated |")
     w(f"| fitted model's mean dominance duration within x{TARGET_DOMINANCE_FACTOR:g} of the network's | "
-      f"{_fmt(mean_fit, 2)} s vs {_fmt(mean_micro, 2)} s (ratio {_fmt(ratio, 2)}) | {_met(dominance_ok)} |")
+      f"{_fmt(metastability['mean_fit'], 2)} s vs {_fmt(metastability['mean_micro'], 2)} s "
+      f"(ratio {_fmt(metastability['ratio'], 2)}) | {_met(metastability['dominance_ok'])} |")
     if fractions:
         w(f"| switch probability under stimulation within {TARGET_SWITCH_DIFF:g} of the network's | "
-          f"{_fmt(fractions['fitted model'][0], 2)} vs {_fmt(fractions['microscopic network'][0], 2)} "
-          f"| {_met(switch_ok)} |")
+          f"{_fmt(fractions[FITTED][0], 2)} vs {_fmt(fractions[NETWORK][0], 2)} "
+          f"| {_met(stimulation['switch_ok'])} |")
     else:
         w("| switch probability under stimulation | no amplitude found | **not met** |")
     w("")
 
     w("## 1. Latent inference\n")
     w(f"True population activity of the fitted window against each estimate, all smoothed with a "
-      f"{sd * 1e3:g} ms Gaussian; r = Pearson correlation, RMSE in Hz. GPFA ({X_DIM_TEXT}) is fitted to the "
-      f"same {M * o['Nsampled']} observed spike trains (window and its {o['a_cutoff']:g} s history; "
-      f"{opt.gpfa_iters} EM iterations at most, {opt.gpfa_restarts} restarts from elephant's random "
-      "initialisation) and its latents are mapped onto each population's true activity by least squares "
-      "over the same bins; per population the restart with the highest r is shown. The map and the choice "
-      "of restart see the truth, so **GPFA's numbers are an upper bound** for what GPFA can infer.\n")
+      f"{LATENT_SMOOTH * 1e3:g} ms Gaussian; r = Pearson correlation, RMSE in Hz. GPFA ({X_DIM} latent "
+      f"dimensions) is fitted to the same {M * o['Nsampled']} observed spike trains (window and its "
+      f"{o['a_cutoff']:g} s history; {opt.gpfa_iters} EM iterations at most, {opt.gpfa_restarts} restarts "
+      "from elephant's random initialisation) and its latents are mapped onto each population's true "
+      "activity by least squares over the same bins; per population the restart with the highest r is "
+      "shown. The map and the choice of restart see the truth, so **GPFA's numbers are an upper bound** "
+      "for what GPFA can infer.\n")
     if gpfa_note:
         w(f"*{gpfa_note}*\n")
     w("| estimate | " + " | ".join(f"{n} r | {n} RMSE (Hz)" for n in names) + " |")
@@ -544,122 +532,135 @@ def make_report(opt, argv):
     w("\nFor scale: the s.d. over time of the true smoothed activity is "
       + ", ".join(f"{n} {np.std(truth[a]):.2f} Hz" for a, n in enumerate(names))
       + "; a population that stays at one rate (as I does) has only finite-size noise to track.")
-    if gpfa_null is not None:
+    if latent["gpfa_null"] is not None:
         w(f"\nChance level of GPFA's mapped r (95th percentile over {N_SHIFTS} circular shifts of the truth "
           "against the latents, map refitted each time): "
-          + ", ".join(f"{n} {_fmt(x)}" for n, x in zip(names, gpfa_null)) + ".")
-    if gpfa_fits:
+          + ", ".join(f"{n} {_fmt(x)}" for n, x in zip(names, latent["gpfa_null"])) + ".")
+    if latent["gpfa_fits"]:
         w("\nGPFA restarts (training log-likelihood, EM iterations, mapped r per population): "
           + "; ".join(f"seed {g['seed']}: {g['log_likelihood']:.1f}, {g['iterations']}, "
-                      + "/".join(_fmt(x) for x in g["r"]) for g in gpfa_fits)
+                      + "/".join(_fmt(x) for x in g["r"]) for g in latent["gpfa_fits"])
           + ". The restart with the highest likelihood is not always the one with the highest r.")
-    w(f"\n![latent inference]({os.path.basename(fig_latent)})\n")
+    w(f"\n![latent inference]({FIGURES['latent']})\n")
     w("neuLVM's r for every run (its final latent):\n")
     w("| run | final loss | " + " | ".join(f"{n} r" for n in names) + " |")
     w("|---|---|" + "---|" * M)
-    for name in order:
-        w(f"| {name} | {runs[name]['final_loss']:.6f} | " + " | ".join(_fmt(x) for x in run_r[name]) + " |")
+    for name, r in latent["run_r"].items():
+        w(f"| {name} | {ctx.runs[name].final_loss:.6f} | " + " | ".join(_fmt(x) for x in r) + " |")
     w("")
 
     w("## 2. Parameters\n")
     w("Relative error = (fit - true) / true. Units: amem 1/s, J potential units x s, rp and ft potential "
       "units (2.5 mV).\n")
-    for name in order:
-        r = runs[name]
-        w(f"**{name}**{' (best)' if name == best else ''}: final loss {r['final_loss']:.6f}, "
-          f"{len(r['em_steps'])} EM steps, train_Noinit {r['seed']}"
-          f"{'' if r.get('finished') else ', did not finish (last complete EM step)'}\n")
+    for name, p in parameters.items():
+        w(f"**{name}**{' (best)' if name == best else ''}: final loss {p['final_loss']:.6f}, "
+          f"{p['em_steps']} EM steps, train_Noinit {p['train_Noinit']}"
+          f"{'' if p['finished'] else ', did not finish (last complete EM step)'}\n")
         w("| parameter | true | initial | fitted | rel. error |\n|---|---|---|---|---|")
-        for n, t, i, f in zip(r["theta_names"], r["theta_true"], r["theta_init"], r["theta_final"]):
-            w(f"| {n} | {t:.4g} | {i:.4g} | {f:.4g} | {(f - t) / t:+.3f} |")
+        for q in p["parameters"]:
+            w(f"| {q['name']} | {q['true']:.4g} | {q['initial']:.4g} | {q['fitted']:.4g} | "
+              f"{q['rel_error']:+.3f} |")
         w("")
 
     w("## 3. Metastable dynamics\n")
     w(f"{opt.duration:g} s of each: the microscopic network (seed {opt.seed}, not the training data's "
-      f"{rec.seed}), and free simulations (model.md section 5, dt = {dt * 1e3:g} ms) of the fitted and of the "
-      f"true-parameter mesoscopic model as {n_pieces} independent pieces of {opt.segment:g} s; the network's "
-      f"run is cut into pieces of the same length. Winner: src.microsim.dominance (E activity smoothed "
-      f"150 ms, flickers under 0.3 s merged); a dominance period counts if it begins and ends inside a "
-      f"piece. KS: two-sample Kolmogorov-Smirnov statistic against the network's durations.\n")
+      f"{ctx.recording_seed}), and free simulations (model.md section 5, dt = {dt * 1e3:g} ms) of the "
+      f"fitted and of the true-parameter mesoscopic model as {n_pieces} independent pieces of "
+      f"{opt.segment:g} s; the network's run is cut into pieces of the same length. Winner: "
+      "src.microsim.dominance (E activity smoothed 150 ms, flickers under 0.3 s merged); a dominance period "
+      "counts if it begins and ends inside a piece. KS: two-sample Kolmogorov-Smirnov statistic against the "
+      "network's durations.\n")
     w("| | periods | mean (s) | median (s) | CV | switches per s | KS vs network (p) | winner / loser / "
       + " / ".join(names[2:]) + " rate (Hz) |")
     w("|---|---|---|---|---|---|---|---|")
-    for k, d in dwell.items():
-        n, mean, median, cv = dwell_summary(d["durations"])
-        ks_text = "" if k == "microscopic network" else (
-            "n/a" if ks[k] is None else f"{ks[k].statistic:.3f} ({ks[k].pvalue:.2g})")
+    for k, d in metastability["dwell"].items():
+        n, mean, median, cv = metastability["summary"][k]
+        ks = metastability["ks"].get(k)
+        ks_text = "" if k == NETWORK else ("n/a" if ks is None else f"{ks[0]:.3f} ({ks[1]:.2g})")
         rates = " / ".join(f"{x:.1f}" for x in [d["rate_winner"], d["rate_loser"], *d["rate_others"]])
         w(f"| {k} | {n} | {_fmt(mean, 2)} | {_fmt(median, 2)} | {_fmt(cv, 2)} | "
           f"{d['switches'] / d['seconds']:.3f} | {ks_text} | {rates} |")
-    w(f"\n![dominance durations]({os.path.basename(fig_dwell)})\n")
-    w(f"![activity traces]({os.path.basename(fig_traces)})\n")
+    w(f"\n![dominance durations]({FIGURES['dominance']})\n")
+    w(f"![activity traces]({FIGURES['traces']})\n")
 
     w("## 4. Generalisation to stimulation\n")
     w(f"The fit never sees input. Each trial: {TRIAL_LENGTH:g} s from the stationary state with E1 winning "
       f"(start rates {', '.join(f'{x:g}' for x in STIM_START_RATES)} Hz), a {STIM_LENGTH:g} s step into "
       f"{names[STIM_TARGET]} at {STIM_ONSET:g} s. A trial counts if E1 has the higher mean rate over "
-      f"{PRE_WINDOW[0]:g}-{PRE_WINDOW[1]:g} s; it switches if {names[STIM_TARGET]} has the higher mean rate over "
-      f"{POST_WINDOW[0]:g}-{POST_WINDOW[1]:g} s. Amplitude search on the microscopic network ({opt.trials} "
-      f"trials per evaluation, start {AMP_START:g}, doubling or halving until the fraction crosses 0.5, then "
-      "geometric bisection; chosen: the amplitude with the fraction closest to 0.5). Amplitudes in potential "
-      "units per s (2.5 mV/s; 50 shifts the steady potential by one unit).\n")
+      f"{PRE_WINDOW[0]:g}-{PRE_WINDOW[1]:g} s; it switches if {names[STIM_TARGET]} has the higher mean rate "
+      f"over {POST_WINDOW[0]:g}-{POST_WINDOW[1]:g} s. Amplitude search on the microscopic network "
+      f"({opt.trials} trials per evaluation, start {AMP_START:g}, doubling or halving until the fraction "
+      "crosses 0.5, then geometric bisection; chosen: the amplitude with the fraction closest to 0.5). "
+      "Amplitudes in potential units per s (2.5 mV/s; 50 shifts the steady potential by one unit).\n")
     w("| search step | amplitude | switch fraction | trials counted |\n|---|---|---|---|")
-    for k, (amp, frac, n) in enumerate(search):
+    for k, (amp, frac, n) in enumerate(stimulation["search"]):
         w(f"| {k} | {amp:g} | {_fmt(frac, 2)} | {n} |")
-    w(f"\nChosen amplitude: **{_fmt(amplitude, 4)}**. Fresh trials (new seeds) at this amplitude:\n")
+    w(f"\nChosen amplitude: **{_fmt(stimulation['amplitude'], 4)}**. Fresh trials (new seeds) at this "
+      "amplitude:\n")
     if fractions:
+        response = stimulation["response"]
         w("| | switch fraction | trials counted | " + " | ".join(
             f"{n} r / RMSE (Hz) vs network" for n in names) + " |")
         w("|---|---|---|" + "---|" * M)
         for k, (frac, n) in fractions.items():
-            cells = (["(reference)"] * M if k == "microscopic network" else
+            cells = (["(reference)"] * M if k == NETWORK else
                      [f"{_fmt(r)} / {_fmt(e, 2)}" for r, e in response[k]] if k in response else ["n/a"] * M)
             w(f"| {k} | {_fmt(frac, 2)} | {n} | " + " | ".join(cells) + " |")
-        w(f"\nTrial-averaged responses (trials counted only), smoothed {sd * 1e3:g} ms; r and RMSE from "
-          f"{PRE_WINDOW[0]:g} s to the end of the trial.\n")
-        w(f"![stimulation]({os.path.basename(fig_stim)})\n")
+        w(f"\nTrial-averaged responses (trials counted only), smoothed {LATENT_SMOOTH * 1e3:g} ms; r and "
+          f"RMSE from {PRE_WINDOW[0]:g} s to the end of the trial.\n")
+        w(f"![stimulation]({FIGURES['stimulation']})\n")
     else:
         w("No amplitude could be evaluated (no trial had E1 winning before the step).\n")
 
     w("## 5. Reproducibility\n")
-    w(f"Command: `python -m src.report {shlex.join(argv)}` (run from `{os.getcwd()}`)\n")
+    w(f"Command: `{PROG} {shlex.join(ctx.argv)}` (run from `{ctx.cwd}`)\n")
     w("Options: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(opt).items()) + "\n")
     w("| seed of | value |\n|---|---|")
-    for k, v in seeds.items():
+    for k, v in ctx.seeds.items():
         w(f"| {k} | {v} |")
     w("\n| software | version (report) | version (training of the best run) |\n|---|---|---|")
-    for k, v in versions.items():
-        w(f"| {k} | {v} | {s.get('versions', {}).get(k, '')} |")
+    for k, v in ctx.versions.items():
+        w(f"| {k} | {v} | {s.versions.get(k, '')} |")
     w("\n| part | seconds |\n|---|---|")
-    for k, v in timings.items():
+    for k, v in ctx.timings.items():
         w(f"| {k} | {v:.1f} |")
     w("")
-    from .results import save_json
-    save_json(os.path.join(folder, "report.json"), _no_nan({
-        "best_run": best, "runs": order, "options": dataclasses.asdict(opt),
-        "model": {"scheme": scheme, "dt": dt, "a_cutoff": a_cutoff}, "command": ["python", "-m", "src.report", *argv],
-        "targets": {"neulvm_beats_init": beats_init, "neulvm_beats_gpfa": beats_gpfa,
-                    "mean_dominance_within_factor": dominance_ok, "switch_fraction_within": switch_ok},
+    return "\n".join(md)
+
+
+def report_numbers(ctx, latent, parameters, metastability, stimulation):
+    """The content of report.json: the numbers of report.md, machine-readable (NaN as null)."""
+    s, scores, gpfa_fits = ctx.runs[ctx.best], latent["scores"], latent["gpfa_fits"]
+    dwell, ks = metastability["dwell"], metastability["ks"]
+    return _no_nan({
+        "best_run": ctx.best, "runs": list(ctx.runs), "options": dataclasses.asdict(ctx.options),
+        "model": {"scheme": s.scheme, "dt": s.dt, "a_cutoff": s.a_cutoff},
+        "command": [*PROG.split(), *ctx.argv],
+        "targets": {"neulvm_beats_init": latent["beats_init"], "neulvm_beats_gpfa": latent["beats_gpfa"],
+                    "mean_dominance_within_factor": metastability["dominance_ok"],
+                    "switch_fraction_within": stimulation["switch_ok"]},
         "latent": {k: {"r": [x[0] for x in v], "rmse_Hz": [x[1] for x in v]} for k, v in scores.items()},
-        "latent_r_per_run": run_r, "gpfa_chance_r95": gpfa_null, "gpfa_note": gpfa_note,
+        "latent_r_per_run": latent["run_r"], "gpfa_chance_r95": latent["gpfa_null"],
+        "gpfa_note": latent["gpfa_note"],
         "gpfa_restarts": [{k: v for k, v in g.items() if k not in ("X", "mapped")} for g in gpfa_fits],
+        "parameters": parameters,
         "dominance": {k: {"durations_s": d["durations"], "switches": d["switches"], "seconds": d["seconds"],
-                          "rates_winner_loser_others_Hz": [d["rate_winner"], d["rate_loser"], *d["rate_others"]],
-                          "ks_vs_network": None if ks.get(k) is None else [ks[k].statistic, ks[k].pvalue]}
+                          "rates_winner_loser_others_Hz": [d["rate_winner"], d["rate_loser"],
+                                                           *d["rate_others"]],
+                          "ks_vs_network": ks.get(k)}
                       for k, d in dwell.items()},
-        "stimulation": {"amplitude": amplitude, "search": search, "switch_fraction": fractions,
-                        "response_r_rmse_vs_network": response},
-        "seeds": seeds, "versions": versions, "seconds": timings}))
-    path = os.path.join(folder, "report.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(md))
-    os.replace(tmp, path)
-    log(f"wrote {path}")
-    return 0
+        "stimulation": {"amplitude": stimulation["amplitude"], "search": stimulation["search"],
+                        "switch_fraction": stimulation["fractions"],
+                        "response_r_rmse_vs_network": stimulation["response"]},
+        "seeds": ctx.seeds, "versions": ctx.versions, "seconds": ctx.timings})
 
 
-X_DIM_TEXT = "3 latent dimensions"
+def _fmt(x, digits=3):
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _met(ok):
+    return "not evaluated" if ok is None else ("**met**" if ok else "**not met**")
 
 
 def _no_nan(obj):
@@ -677,134 +678,131 @@ def _no_nan(obj):
     return obj
 
 
-def _versions(neulvm_version):
-    import matplotlib
-    import scipy
-    versions = {"neulvm": neulvm_version, "python": platform.python_version(), "numpy": np.__version__,
-                "scipy": scipy.__version__, "matplotlib": matplotlib.__version__}
-    for module in ("tensorflow", "elephant", "neo", "quantities", "sklearn"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = "not installed"
-    return versions
+# ------------------------------------------------------------------ main
+
+def _resolve(path, base):
+    """A path from a summary: as given, else relative to the repository (training runs from there)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = os.path.join(base, path)
+    return candidate if os.path.exists(candidate) else path
 
 
-# ------------------------------------------------------------------ figures
-
-def _plot_latent(folder, truth, estimates, dt, names, t_start):
-    plt = _pyplot()
-    M, T = truth.shape
-    time_s = t_start + (np.arange(T) + 0.5) * dt
-    fig, axes = plt.subplots(M, 1, figsize=(11, 2.4 * M), sharex=True)
-    styles = {"data-driven init": {"color": "C1", "ls": "--"}, "neuLVM": {"color": "C0"},
-              "GPFA, best linear map": {"color": "C2", "ls": ":"}}
-    for a in range(M):
-        ax = axes[a]
-        ax.plot(time_s, truth[a], color="k", lw=1.5, label="true")
-        for k, v in estimates.items():
-            ax.plot(time_s, v[a], lw=1.1, label=k, **styles.get(k, {}))
-        ax.set_ylabel(f"{names[a]} (Hz)")
-    axes[0].legend(loc="upper right", fontsize=8, ncol=4, frameon=False)
-    axes[-1].set_xlabel(f"time in the recording (s); activity smoothed {LATENT_SMOOTH * 1e3:g} ms")
-    axes[0].set_title("population activity: truth vs inferred (best run)")
-    return _save(fig, folder, "report_latent.png")
+def load_latents(folder, name, summary):
+    """(initial latent, latent of the last complete EM step) of one run, each (B, M, T)."""
+    from .results import load_arrays
+    run_folder = os.path.join(folder, name)
+    last = summary.last_em_step if summary.last_em_step is not None else summary.em_steps[-1]["em_step"]
+    return (load_arrays(os.path.join(run_folder, "init_param"))["Z"],
+            load_arrays(os.path.join(run_folder, f"E{last}_est_param"))["Z"])
 
 
-def _plot_dwell(folder, dwell):
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    all_d = np.concatenate([d["durations"] for d in dwell.values()] + [[0.3, 10.0]])
-    bins = np.geomspace(0.25, max(all_d.max() * 1.1, 1.0), 25)
-    for i, (k, d) in enumerate(dwell.items()):
-        dur = np.sort(d["durations"])
-        label = f"{k} (n={len(dur)})"
-        if len(dur):
-            axes[0].hist(dur, bins=bins, histtype="step", lw=1.5, color=f"C{i}", label=label,
-                         weights=np.full(len(dur), 1 / len(dur)))
-            axes[1].step(dur, 1 - np.arange(len(dur)) / len(dur), where="post", color=f"C{i}", label=label)
-        else:
-            axes[1].plot([], [], color=f"C{i}", label=f"{k}: no complete period")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("dominance duration (s)")
-    axes[0].set_ylabel("fraction of periods (log-spaced bins)")
-    axes[1].set_ylabel("fraction of periods longer")
-    axes[1].legend(fontsize=8, frameon=False)
-    axes[0].set_title("distribution of dominance durations")
-    axes[1].set_title("survival function")
-    return _save(fig, folder, "report_dominance.png")
+def observed_trains(rec, summary, n_bins):
+    """(M * Nobs, K + n_bins) the observed spike trains of the fitted window (its last n_bins bins)
+    and of its history of K = a_cutoff / dt bins: what neuLVM saw, for GPFA."""
+    from .helper import bin_recording
+    o, dt = summary.options, summary.dt
+    K = int(round(summary.a_cutoff / dt))
+    _, y_all, _ = bin_recording(rec, dt)
+    end = int(round(o["end_timepoint"] / dt))
+    return y_all[:, :o["Nsampled"], end - n_bins - K:end].reshape(rec.network.M * o["Nsampled"], -1)
 
 
-def _plot_traces(folder, pieces, N, dt, names, seconds=100.0):
-    plt = _pyplot()
-    from .helper import smooth
-    fig, axes = plt.subplots(len(pieces), 1, figsize=(11, 2.2 * len(pieces)), sharex=True, squeeze=False)
-    for ax, (k, p) in zip(axes[:, 0], pieces.items()):
-        counts = np.concatenate(p, axis=1)[:, :int(round(seconds / dt))]
-        A = smooth(counts / (np.asarray(N)[:, None] * dt), 0.15, dt)
-        t = (np.arange(A.shape[1]) + 0.5) * dt
-        for a in range(min(2, A.shape[0])):
-            ax.plot(t, A[a], lw=0.8, color=f"C{a}", label=names[a])
-        for b in range(1, len(p)):
-            if b * p[0].shape[1] * dt < t[-1]:
-                ax.axvline(b * p[0].shape[1] * dt, color="0.7", lw=0.8, ls="--")
-        ax.set_ylabel("Hz")
-        ax.set_title(k, fontsize=9, loc="left")
-    axes[0, 0].legend(loc="upper right", fontsize=8, frameon=False)
-    axes[-1, 0].set_xlabel("time (s); E activity smoothed 150 ms; dashed: start of a new independent piece")
-    return _save(fig, folder, "report_traces.png")
+def make_report(opt, argv):
+    """Measure, plot and write the report of the runs in opt.result_dir; returns 0."""
+    from . import plots
+    from .dataset import DatasetError, load_recording
+    from .helper import make_window
+    from .microsim import use_one_tf_thread
+    from .runs import find_runs
+    start = time.time()
+    timings = {}
+    log = lambda msg: print(f"[report {time.time() - start:6.1f} s] {msg}", flush=True)   # noqa: E731
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    # ---------------------------------------------------------------- runs and data
+    folder = opt.result_dir
+    if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
+        folder = os.path.join(repo, folder)      # the default, asked from outside the repository
+    runs = find_runs(folder)
+    if not runs:
+        raise NoResult(f"no trained run in {folder!r}: run bash 3pop_neuLVM.sh first")
+    runs = dict(sorted(runs.items(), key=lambda item: item[1].final_loss))     # the best first
+    best = next(iter(runs))
+    s = runs[best]
+    o = s.options
+    dataset = opt.dataset or _resolve(s.dataset.get("path", o["dataset"]), repo)
+    try:
+        rec = load_recording(dataset)
+    except DatasetError as err:
+        raise UsageError(f"cannot read the training data ({err}); pass --dataset") from None
+    if opt.seed == rec.seed:
+        raise UsageError(f"--seed {opt.seed} is the seed of the training data {dataset}; choose another")
+    net_true = rec.network
+    if not np.allclose(net_true.theta, s.theta_true):
+        raise UsageError(f"{dataset} is not the recording {best} was fitted to (its true theta differs)")
+    net_fit = s.fitted_network()
+    scheme, dt = s.scheme, s.dt
+    K = int(round(s.a_cutoff / dt))
+    names = plots.population_names(net_true.M)
+    window = make_window(rec, dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
+                         o["Nsampled"], with_input=bool(o["with_input"]))
+    seeds = evaluation_seeds(opt.seed, opt.search_steps)
+    use_one_tf_thread()
+    log(f"best run {best} of {len(runs)} (final loss {s.final_loss:.6f}); data {dataset}")
+
+    # ---------------------------------------------------------------- 1. latent inference, 2. parameters
+    t0 = time.time()
+    latents = {name: load_latents(folder, name, runs[name]) for name in runs}      # (Z_init, Z) per run
+    latent = measure_latent(window.Z_true, latents[best][0], {name: Z for name, (_, Z) in latents.items()},
+                            observed_trains(rec, s, window.B * window.T), dt, K, opt.gpfa_iters,
+                            opt.gpfa_restarts, log)
+    save_figure(os.path.join(folder, FIGURES["latent"]), plots.plot_latent, latent["truth"],
+                latent["estimates"], dt, names, o["end_timepoint"] - o["trial_length"], LATENT_SMOOTH)
+    parameters = measure_parameters(runs)
+    timings["latent inference"] = time.time() - t0
+    log("latent inference done")
+
+    # ---------------------------------------------------------------- 3. metastable dynamics
+    t0 = time.time()
+    simulated = metastable_pieces(net_true, net_fit, scheme, dt, K, opt.duration, opt.segment, seeds, log)
+    metastability = measure_metastability(simulated["pieces"], net_true.N, dt)
+    save_figure(os.path.join(folder, FIGURES["dominance"]), plots.plot_dominance, metastability["dwell"])
+    save_figure(os.path.join(folder, FIGURES["traces"]), plots.plot_traces, simulated["pieces"], net_true.N,
+                dt, names)
+    seeds_used = {"training data (microscopic network)": rec.seed,
+                  "initial parameters of each run (train_Noinit)": {n: r.seed for n, r in runs.items()},
+                  **simulated["seeds"]}
+    timings["metastable dynamics"] = time.time() - t0
+    log("metastable dynamics done")
+
+    # ---------------------------------------------------------------- 4. stimulation
+    t0 = time.time()
+    simulated = stimulation_trials(net_true, net_fit, scheme, dt, K, opt.trials, opt.search_steps, seeds, log)
+    stimulation = measure_stimulation(simulated["amplitude"], simulated["search"], simulated["trials"], dt)
+    seeds_used.update(simulated["seeds"])
+    if simulated["trials"]:
+        save_figure(os.path.join(folder, FIGURES["stimulation"]), plots.plot_stimulation,
+                    stimulation["averages"], stimulation["search"], stimulation["amplitude"], dt, names,
+                    STIM_ONSET, STIM_LENGTH, STIM_TARGET, LATENT_SMOOTH)
+    timings["stimulation"] = time.time() - t0
+    log("stimulation done")
+
+    # ---------------------------------------------------------------- write
+    timings["total"] = time.time() - start
+    versions = software_versions("matplotlib", "tensorflow", "elephant", "neo", "quantities", "sklearn")
+    ctx = Context(folder=folder, runs=runs, options=opt, dataset=dataset, recording_seed=rec.seed,
+                  argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings)
+    measures = (latent, parameters, metastability, stimulation)
+    save_json(os.path.join(folder, "report.json"), report_numbers(ctx, *measures))
+    path = os.path.join(folder, "report.md")
+    save_text(path, render_markdown(ctx, *measures))
+    log(f"wrote {path}")
+    return 0
 
 
-def _plot_stim(folder, averages, search, amplitude, dt, names):
-    plt = _pyplot()
-    M = next(v for v in averages.values() if v is not None).shape[0]
-    fig, axes = plt.subplots(M + 1, 1, figsize=(10, 2.2 * (M + 1)))
-    for a in range(1, M):
-        axes[a].sharex(axes[0])
-    for i, (k, A) in enumerate(averages.items()):
-        if A is None:
-            continue
-        t = (np.arange(A.shape[1]) + 0.5) * dt
-        for a in range(M):
-            axes[a].plot(t, A[a], color=f"C{i}", lw=1.2, label=k)
-    for a in range(M):
-        axes[a].axvspan(STIM_ONSET, STIM_ONSET + STIM_LENGTH, color="0.9")
-        axes[a].set_ylabel(f"{names[a]} (Hz)")
-    axes[M - 1].set_xlabel(f"time in trial (s); grey: step into {names[STIM_TARGET]}; smoothed "
-                           f"{LATENT_SMOOTH * 1e3:g} ms")
-    axes[0].legend(fontsize=8, frameon=False, loc="upper right")
-    axes[0].set_title(f"trial-averaged response to a step of amplitude {amplitude:.3g} into {names[STIM_TARGET]}")
-    amps = [h[0] for h in search]
-    fracs = [h[1] for h in search]
-    order = np.argsort(amps)
-    axes[M].plot(np.asarray(amps)[order], np.asarray(fracs)[order], "o-", color="0.3")
-    for k, (a, f) in enumerate(zip(amps, fracs)):
-        axes[M].annotate(str(k), (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes[M].axhline(0.5, color="0.7", ls="--")
-    axes[M].set_xscale("log")
-    axes[M].set_ylim(-0.05, 1.05)
-    axes[M].set_xlabel("amplitude (potential units / s), search order annotated")
-    axes[M].set_ylabel("switch fraction\n(network)")
-    fig.tight_layout()
-    return _save(fig, folder, "report_stimulation.png")
-
-
-def _pyplot():
-    """pyplot on the file-only Agg backend (as src/plots.py)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, folder, name):
-    plt = _pyplot()
-    path = os.path.join(folder, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
-    plt.close(fig)
-    return path
+def main(argv=None):
+    return run(PROG, lambda args: make_report(parse_options(args), args), argv)
 
 
 if __name__ == "__main__":

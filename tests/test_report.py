@@ -1,8 +1,11 @@
 """Tests of the replication report (src/report.py) and of the GPFA baseline (src/gpfa.py).
 
-The end-to-end test trains neuLVM for one short EM step on a 3 s recording made here, then runs
-the report with tiny simulations: it checks that every section and figure is written, not what
-the numbers are.
+Each measuring function (measure_latent, measure_parameters, measure_metastability,
+measure_stimulation) is checked against an independent computation (numpy, scipy) on a small
+constructed input. The end-to-end test trains neuLVM for one short EM step on a 2.2 s recording
+made here, runs the report with tiny simulations, and checks that every section and figure is
+written, that report.json's numbers are those recomputed from the run's files and the seeds it
+lists, and that no temporary file is left.
 """
 import os
 import subprocess
@@ -11,13 +14,16 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter1d
+from scipy.stats import ks_2samp
 
 from src import report
-from src.dataset import save_recording
+from src.dataset import load_recording, save_recording
 from src.helper import smooth
-from src.microsim import H, pulse_input, simulate, simulate_recording
+from src.microsim import MICRO_DT, pulse_input, simulate, simulate_recording
 from src.network import winner_take_all
-from src.results import load_json
+from src.report import FITTED, NETWORK, TRUE_MODEL
+from src.results import TMP_SUFFIX, RunSummary, load_arrays, load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DT = 0.004
@@ -95,14 +101,189 @@ def test_amplitude_search_brackets_then_bisects_and_picks_the_closest_to_half():
     assert abs(np.log(chosen / threshold)) < np.log(2) / 4   # 3 bisections: within 2^(1/4) of the threshold
 
 
+# ------------------------------------------------------------------ the measures, against numpy and scipy
+
+def gauss(x, dt=DT):
+    """The report's smoothing, written out: a Gaussian of LATENT_SMOOTH s.d., edges held."""
+    return gaussian_filter1d(np.asarray(x, float), report.LATENT_SMOOTH / dt, axis=-1, mode="nearest")
+
+
+def r_rmse(estimate, truth):
+    return np.corrcoef(estimate, truth)[0, 1], np.sqrt(np.mean((estimate - truth) ** 2))
+
+
+def test_evaluation_seeds_are_the_offsets_of_seed_the_report_always_used():
+    assert report.evaluation_seeds(100, 2) == {
+        "metastable: microscopic network": 100, "metastable: fitted model": 101,
+        "metastable: true-parameter model": 102, "stimulation search, evaluation 0": (103, 0),
+        "stimulation search, evaluation 1": (103, 1), "stimulation: microscopic network": 104,
+        "stimulation: fitted model": 105, "stimulation: true-parameter model": 106}
+
+
+def latent_case(seed=5, T=500, K=25):
+    """A window's true activity (1, 3, T) as fractions, an initial latent and two runs' latents: the
+    best one exactly the truth, the other the truth plus noise; 9 random observed trains (K + T bins)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(T) * DT
+    Z_true = np.stack([0.04 + 0.02 * np.sin(2 * np.pi * f * t) for f in (0.5, 0.8, 1.3)])[None]
+    Z_true = Z_true + rng.normal(0, 0.003, Z_true.shape)
+    Z_init = Z_true + rng.normal(0, 0.02, Z_true.shape)
+    Z_runs = {"train0": Z_true.copy(), "train1": Z_true + rng.normal(0, 0.01, Z_true.shape)}
+    y = (rng.random((9, K + T)) < 0.05).astype(float)
+    return Z_true, Z_init, Z_runs, y, K
+
+
+def test_measure_latent_scores_every_estimate_like_numpy_and_picks_the_best_gpfa_restart():
+    pytest.importorskip("elephant")
+    from src.gpfa import gpfa_latents, shift_null_r
+    Z_true, Z_init, Z_runs, y, K = latent_case()
+    out = report.measure_latent(Z_true, Z_init, Z_runs, y, DT, K, gpfa_iters=5, gpfa_restarts=2)
+    truth = gauss(Z_true[0] / DT)                                             # (3, T) Hz
+    np.testing.assert_allclose(out["truth"], truth, rtol=1e-12, err_msg="true activity")
+    for a in range(3):
+        # the best run's latent is the truth: r = 1 and RMSE = 0 up to rounding
+        np.testing.assert_allclose(out["scores"]["neuLVM"][a], (1.0, 0.0), atol=1e-9,
+                                   err_msg=f"neuLVM, pop {a}")
+        init, other = gauss(Z_init[0, a] / DT), gauss(Z_runs["train1"][0, a] / DT)
+        np.testing.assert_allclose(out["scores"]["data-driven init"][a], r_rmse(init, truth[a]), rtol=1e-9,
+                                   err_msg=f"init, pop {a}")
+        np.testing.assert_allclose(out["run_r"]["train1"][a], r_rmse(other, truth[a])[0], rtol=1e-9,
+                                   err_msg=f"run train1, pop {a}")
+    assert list(out["run_r"]) == ["train0", "train1"] and out["run_r"]["train0"] == pytest.approx([1, 1, 1])
+    assert out["beats_init"] is True and out["beats_gpfa"] is True and out["gpfa_note"] == ""
+    # GPFA: each restart's latents on the evaluated bins, mapped by least squares with a constant
+    fits = []
+    for seed in (0, 1):
+        X = gpfa_latents(y, DT, em_max_iters=5, seed=seed)[0][:, K:]
+        design = np.vstack([X, np.ones(X.shape[1])]).T
+        mapped = (design @ np.linalg.lstsq(design, truth.T, rcond=None)[0]).T      # (3, T)
+        fits.append((X, mapped, [r_rmse(mapped[a], truth[a])[0] for a in range(3)]))
+    assert [g["seed"] for g in out["gpfa_fits"]] == [0, 1]
+    for a in range(3):
+        pick = int(np.argmax([f[2][a] for f in fits]))
+        np.testing.assert_allclose(out["estimates"]["GPFA, best linear map"][a], fits[pick][1][a], rtol=1e-7,
+                                   atol=1e-9, err_msg=f"GPFA estimate of pop {a} (restart {pick})")
+        assert out["gpfa_null"][a] == pytest.approx(np.quantile(shift_null_r(fits[pick][0], truth[a]), 0.95),
+                                                    rel=1e-7)
+
+
+def test_measure_latent_without_gpfa_says_so_and_evaluates_no_gpfa_target(monkeypatch):
+    from src import gpfa
+
+    def unavailable(*args, **kwargs):
+        raise gpfa.GPFAUnavailable("elephant is not installed")
+
+    monkeypatch.setattr(gpfa, "gpfa_latents", unavailable)
+    Z_true, Z_init, Z_runs, y, K = latent_case()
+    said = []
+    out = report.measure_latent(Z_true, Z_init, Z_runs, y, DT, K, 5, 1, log=said.append)
+    assert out["gpfa_note"] == "GPFA was not run: elephant is not installed" and said == [out["gpfa_note"]]
+    assert set(out["scores"]) == {"data-driven init", "neuLVM"} and out["beats_gpfa"] is None
+    assert out["gpfa_null"] is None and out["gpfa_fits"] == []
+
+
+def summary(seed, theta_true, theta_init, theta_final, steps, finished):
+    return RunSummary(options={}, run_folder="", seed=seed, dataset={}, network={},
+                      theta_names=["amem_1", "J_1"], theta_true=theta_true, prior_centre=theta_true,
+                      theta_init=theta_init, versions={}, em_steps=[{"em_step": e} for e in range(steps)],
+                      finished=finished, theta_final=theta_final, final_loss=-float(steps))
+
+
+def test_measure_parameters_gives_each_runs_relative_errors_in_the_order_given():
+    runs = {"train3": summary(3, [50.0, -4.0], [70.0, -2.0], [60.0, -5.0], 4, False),
+            "train0": summary(0, [50.0, -4.0], [20.0, -8.0], [25.0, -3.0], 2, True)}
+    out = report.measure_parameters(runs)
+    assert list(out) == ["train3", "train0"]
+    assert {k: v for k, v in out["train3"].items() if k != "parameters"} == {
+        "final_loss": -4.0, "em_steps": 4, "train_Noinit": 3, "finished": False}
+    assert out["train3"]["parameters"] == [
+        {"name": "amem_1", "true": 50.0, "initial": 70.0, "fitted": 60.0, "rel_error": pytest.approx(0.2)},
+        {"name": "J_1", "true": -4.0, "initial": -2.0, "fitted": -5.0, "rel_error": pytest.approx(0.25)}]
+    assert [q["rel_error"] for q in out["train0"]["parameters"]] == pytest.approx([-0.5, -0.25])
+    assert out["train0"]["finished"] is True and out["train0"]["em_steps"] == 2
+
+
+@pytest.mark.parametrize("fitted_switches, duration, fitted_durations, within", [
+    ([1.0, 3.0, 5.0, 7.0], 9.0, [2.0, 2.0, 2.0], True),      # mean 2 s vs the network's 7/3 s: ratio 6/7
+    ([1.0, 7.0, 13.0], 15.0, [6.0, 6.0], False)])           # mean 6 s: ratio 18/7 > 1.5
+def test_measure_metastability_compares_dominance_durations_with_the_network(fitted_switches, duration,
+                                                                             fitted_durations, within):
+    N = winner_take_all().N
+    micro = [constructed_counts([2.0, 5.0, 5.8, 9.0], 12.0, N), constructed_counts([4.0], 8.0, N)]
+    pieces = {NETWORK: micro, FITTED: [constructed_counts(fitted_switches, duration, N)],
+              TRUE_MODEL: [constructed_counts([4.0], 8.0, N)]}          # one switch: no complete period
+    out = report.measure_metastability(pieces, N, DT)
+    micro_d = [3.0, 0.8, 3.2]
+    # a switch is found within a bin of where it is (test_dwell_times_...): durations within 2 bins
+    n, mean, median, cv = out["summary"][NETWORK]
+    assert n == 3 and mean == pytest.approx(np.mean(micro_d), abs=2 * DT)
+    assert median == pytest.approx(3.0, abs=2 * DT)
+    assert cv == pytest.approx(np.std(micro_d) / np.mean(micro_d), abs=0.01)
+    assert out["mean_fit"] == pytest.approx(np.mean(fitted_durations), abs=2 * DT)
+    assert out["ratio"] == pytest.approx(np.mean(fitted_durations) / np.mean(micro_d), rel=0.01)
+    assert out["dominance_ok"] is within
+    # the KS statistic and p of durations this far apart depend only on their order
+    expected = ks_2samp(fitted_durations, micro_d)
+    assert out["ks"][FITTED] == pytest.approx((expected.statistic, expected.pvalue), rel=1e-9)
+    assert out["ks"][TRUE_MODEL] is None and NETWORK not in out["ks"]
+    assert out["dwell"][TRUE_MODEL]["switches"] == 1 and len(out["dwell"][TRUE_MODEL]["durations"]) == 0
+
+
+def test_measure_metastability_without_a_network_period_evaluates_no_target():
+    N = winner_take_all().N
+    out = report.measure_metastability({NETWORK: [constructed_counts([4.0], 8.0, N)],
+                                        FITTED: [constructed_counts([1.0, 3.0, 5.0], 6.0, N)]}, N, DT)
+    assert out["dominance_ok"] is None and np.isnan(out["mean_micro"]) and np.isnan(out["ratio"])
+    assert out["ks"] == {FITTED: None} and out["summary"][FITTED][0] == 2
+
+
+def trials_case(rng, n_trials, switched, invalid=()):
+    """(trials, 3, n_bins) Hz: E1 wins before the step except in `invalid`; E2 wins after it in
+    `switched`; Gaussian noise of 2 Hz on every bin."""
+    n = int(round(report.TRIAL_LENGTH / DT))
+    t = (np.arange(n) + 0.5) * DT
+    A = np.full((n_trials, 3, n), 25.0)
+    for i in range(n_trials):
+        first = np.where(t < report.STIM_ONSET, 20.0, 5.0 if i in switched else 20.0)   # E1's rate
+        A[i, 0], A[i, 1] = (25.0 - first, first) if i in invalid else (first, 25.0 - first)
+    return A + rng.normal(0, 2.0, A.shape)
+
+
+@pytest.mark.parametrize("fitted_switched, fraction, within", [((0, 1), 0.5, True), ((0,), 0.25, False)])
+def test_measure_stimulation_counts_switches_and_compares_the_average_responses(fitted_switched, fraction,
+                                                                               within):
+    rng = np.random.default_rng(2)
+    trials = {NETWORK: trials_case(rng, 4, (0, 1)),                            # 2 of 4 switch
+              FITTED: trials_case(rng, 5, fitted_switched, invalid=(4,)),       # trial 4 does not count
+              TRUE_MODEL: trials_case(rng, 3, (0, 1, 2))}
+    search = [(4.0, 0.5, 4)]
+    out = report.measure_stimulation(4.0, search, trials, DT)
+    assert out["amplitude"] == 4.0 and out["search"] == search
+    assert out["fractions"] == {NETWORK: (0.5, 4), FITTED: (fraction, 4), TRUE_MODEL: (1.0, 3)}
+    assert out["switch_ok"] is within
+    skip = int(round(report.PRE_WINDOW[0] / DT))
+    network = gauss(trials[NETWORK].mean(axis=0))
+    np.testing.assert_allclose(out["averages"][NETWORK], network, rtol=1e-12)
+    fitted = gauss(trials[FITTED][:4].mean(axis=0))                             # the counted trials only
+    np.testing.assert_allclose(out["averages"][FITTED], fitted, rtol=1e-12)
+    for a in range(3):
+        np.testing.assert_allclose(out["response"][FITTED][a], r_rmse(fitted[a, skip:], network[a, skip:]),
+                                   rtol=1e-9, err_msg=f"response of pop {a}")
+
+
+def test_measure_stimulation_without_an_amplitude_has_nothing_to_compare():
+    out = report.measure_stimulation(float("nan"), [(4.0, float("nan"), 0)], {}, DT)
+    assert out["fractions"] == {} and out["response"] == {} and out["switch_ok"] is None
+
+
 # ------------------------------------------------------------------ GPFA baseline
 
 def test_gpfa_on_nine_spike_trains_beats_a_shuffled_control():
     pytest.importorskip("elephant")
     from src.gpfa import best_linear_map, gpfa_latents, shift_null_r
     net = winner_take_all()
-    duration, steps = 14.0, int(round(DT / H))
-    n_steps = int(round(duration / H))
+    duration, steps = 14.0, int(round(DT / MICRO_DT))
+    n_steps = int(round(duration / MICRO_DT))
     # E2 wins from the start; steps of 50 units/s force switches at about 2, 5, 8 and 11 s
     I_ext = (pulse_input(3, n_steps, 50.0, [2.0, 8.0], 0.5, 0) + pulse_input(3, n_steps, 50.0, [5.0, 11.0], 0.5, 1))
     sim = simulate(net, n_steps, np.random.default_rng(11), I_ext=I_ext, n_recorded=3)
@@ -206,6 +387,47 @@ def test_report_runs_end_to_end_and_writes_every_section(trained):
     assert numbers["seeds"]["metastable: microscopic network"] == 2022
     for figure in ("report_latent.png", "report_dominance.png", "report_traces.png", "report_stimulation.png"):
         assert f"({figure})" in text and os.path.getsize(os.path.join(trained, figure)) > 0, figure
+    # every file went through a temporary file and a rename: none is left
+    assert [f for f in os.listdir(trained) if TMP_SUFFIX in f] == []
+
+    # the numbers, recomputed from the run's files and the recording
+    s = RunSummary.load(os.path.join(trained, "train0", "summary.json"))
+    assert numbers["best_run"] == "train0" and numbers["runs"] == ["train0"]
+    assert numbers["model"] == {"scheme": s.scheme, "dt": s.dt, "a_cutoff": s.a_cutoff}
+    assert numbers["parameters"]["train0"]["parameters"] == [
+        {"name": n, "true": t, "initial": i, "fitted": f, "rel_error": pytest.approx((f - t) / t, rel=1e-12)}
+        for n, t, i, f in zip(s.theta_names, s.theta_true, s.theta_init, s.theta_final)]
+    rec = load_recording(s.dataset["path"])
+    dt, o = s.dt, s.options
+    steps, end = int(round(dt / rec.h)), int(round(o["end_timepoint"] / dt))
+    T = int(round(o["trial_length"] / dt))
+    counts = rec.pop_spike_counts[:, :end * steps].reshape(3, end, steps).sum(-1)           # (M, bins) per dt
+    truth = gauss(counts[:, end - T:] / (rec.network.N[:, None] * dt), dt)                  # (M, T) Hz
+    Z = load_arrays(os.path.join(trained, "train0", f"E{s.last_em_step}_est_param"))["Z"]   # (1, M, T)
+    r = [np.corrcoef(gauss(Z[0, a] / dt, dt), truth[a])[0, 1] for a in range(3)]
+    np.testing.assert_allclose(numbers["latent"]["neuLVM"]["r"], r, rtol=1e-9, err_msg="neuLVM's r")
+    np.testing.assert_allclose(numbers["latent_r_per_run"]["train0"], r, rtol=1e-9, err_msg="r per run")
+    assert f"neuLVM {', '.join(f'{x:.3f}' for x in r)} vs init" in targets
+
+    # the seeds it lists are the ones it used: rerun two of its simulations from them
+    seeds = numbers["seeds"]
+    derived = {k: list(v) if isinstance(v, tuple) else v for k, v in report.evaluation_seeds(2022, 1).items()}
+    assert seeds == {"training data (microscopic network)": 3,
+                     "initial parameters of each run (train_Noinit)": {"train0": 0}, **derived}
+    K = int(round(s.a_cutoff / dt))
+    net_fit = s.fitted_network()
+    Z_free = report.free_batches(net_fit, dt, K, s.scheme, 2, int(round(5.0 / dt)),
+                                 seeds["metastable: fitted model"])                       # 2 pieces of 5 s
+    dwell = report.dwell_times(list(Z_free * net_fit.N[None, :, None]), net_fit.N, dt)
+    fitted = numbers["dominance"]["fitted model"]
+    assert fitted["switches"] == dwell["switches"] and fitted["seconds"] == pytest.approx(10.0)
+    np.testing.assert_allclose(fitted["durations_s"], dwell["durations"], rtol=1e-12)
+    np.testing.assert_allclose(fitted["rates_winner_loser_others_Hz"],
+                               [dwell["rate_winner"], dwell["rate_loser"], *dwell["rate_others"]], rtol=1e-12)
+    search_seed = tuple(seeds["stimulation search, evaluation 0"])
+    A = report.micro_trials(rec.network, report.AMP_START, 3, search_seed, dt)             # 3 trials
+    fraction, n = report.switch_fraction(*report.classify_trials(A, dt))
+    assert numbers["stimulation"]["search"][0] == [report.AMP_START, pytest.approx(fraction), n]
 
 
 def test_report_refuses_the_training_seed_and_reports_missing_results(trained, tmp_path, capsys):
