@@ -99,16 +99,16 @@ def run(prog, main, argv=None, interrupted="interrupted"):
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0    # a main may return its result instead
-    except NoResult as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as err:          # UsageError, and unreadable or foreign files
+    except (ValueError, OSError) as err:          # UsageError, NoResult, unreadable or foreign files
         if "--debug" in argv:
             raise
+        if isinstance(err, NoResult):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        print(f"{prog}: {err or interrupted}", file=sys.stderr)
+        print(f"{prog}: {str(err) or interrupted}", file=sys.stderr)
         return 130
 
 
@@ -123,7 +123,7 @@ def software_versions(*modules):
                 "scipy": scipy.__version__}
     for module in modules:
         try:
-            versions[module] = __import__(module).__version__
+            versions[module] = getattr(__import__(module), "__version__", "unknown")
         except ImportError:
             versions[module] = "not installed"
     return versions

@@ -19,7 +19,7 @@ The integrator of the potentials over a bin ("scheme", model.md section 3.2) is 
 """
 import numpy as np
 
-from .window import Window
+from .window import Window, refractory_bins
 
 HAZARD_FLOOR = 1e-8     # escape rate of a refractory cohort (1/s)
 LOG_HAZARD_MAX = 80.0   # cap on V - ft: keeps exp() finite in float32; exp(80)*dt already gives P = 1
@@ -99,9 +99,9 @@ class BinStep:
     def __init__(self, net, dt, K, A0, scheme, Nobs=0, obs_age0=None):
         self.net, self.dt, self.K = net, dt, K
         self.q, self.g = leak_step(scheme, net.amem[:, None], dt)                 # (M, 1) each
-        self.n_ref = int(np.ceil(net.ref_t / dt - 1e-9))
+        self.n_ref = refractory_bins(net.ref_t, dt)
         self.e_syn = np.exp(-dt * net.asyn)                                   # (M,)
-        self.cohort_refractory = np.arange(K) < self.n_ref                         # (K,)
+        self.cohort_refractory = np.arange(K) < self.n_ref                    # (K,)
         self.Isyn = np.array(A0, dtype=float)                                  # (B, M)
         B, M = self.Isyn.shape
         oldest = K if obs_age0 is None or obs_age0.size == 0 else max(K, int(obs_age0.max()) + 1)

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from src import __version__
-from src.dataset import FORMAT, DatasetError, Recording, load_recording, save_recording
-from src.microsim import H, dominance
+from src.dataset import FORMAT, PARAMS, DatasetError, Recording, load_recording, save_recording
+from src.microsim import MICRO_DT, dominance
 from src.network import winner_take_all
+from tests.conftest import malicious_npz, malicious_pickle
 
 SHIPPED = Path(__file__).resolve().parents[1] / "dataset" / "3pop_noinput_small.npz"
 
@@ -20,7 +24,7 @@ def small_recording(n_steps=500, seed=0):
     net = winner_take_all()
     spikes = (rng.random((3, 30, n_steps)) < 0.01).astype(np.uint8)
     counts = spikes.sum(axis=1).astype(np.int32) + rng.poisson(1.0, (3, n_steps)).astype(np.int32)
-    return Recording(network=net, h=H, pop_spike_counts=counts, spikes=spikes, I_ext=rng.normal(size=(3, n_steps)),
+    return Recording(network=net, h=MICRO_DT, pop_spike_counts=counts, spikes=spikes, I_ext=rng.normal(size=(3, n_steps)),
                      seed=seed, version=__version__, input_kind="given", delay_steps=1)
 
 
@@ -42,11 +46,11 @@ def test_round_trip(tmp_path):
     for name in ("pop_spike_counts", "spikes", "I_ext"):
         np.testing.assert_array_equal(getattr(back, name), getattr(rec, name), err_msg=name)
     assert back.spikes.dtype == np.uint8 and back.pop_spike_counts.dtype == np.int32
-    assert (back.h, back.seed, back.version, back.input_kind, back.delay_steps) == (H, 0, __version__, "given", 1)
+    assert (back.h, back.seed, back.version, back.input_kind, back.delay_steps) == (MICRO_DT, 0, __version__, "given", 1)
     for name, value in rec.network.to_dict().items():
         np.testing.assert_array_equal(getattr(back.network, name), value, err_msg=name)
-    np.testing.assert_allclose(back.activity, rec.pop_spike_counts / (rec.network.N[:, None] * H))
-    assert back.duration == pytest.approx(500 * H)
+    np.testing.assert_allclose(back.activity, rec.pop_spike_counts / (rec.network.N[:, None] * MICRO_DT))
+    assert back.duration == pytest.approx(500 * MICRO_DT)
     assert fields_of(path)["format"] == FORMAT
 
 
@@ -129,6 +133,26 @@ def test_a_folder_or_a_pickle_is_not_a_dataset(tmp_path):
         load_recording(path)
 
 
+def test_a_pickle_dataset_is_refused_and_its_payload_never_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+    renamed = malicious_pickle(tmp_path / "rec.npz", marker)
+    in_npz = malicious_npz(tmp_path / "other.npz", marker)
+    with pytest.raises(DatasetError, match="is a Python pickle"):
+        load_recording(renamed)
+    with pytest.raises(DatasetError, match="missing field|pickled"):
+        load_recording(in_npz)
+    save_recording(tmp_path / "good.npz", small_recording())
+    corrupt(tmp_path / "good.npz", I_ext=None)
+    with_payload = malicious_npz(tmp_path / "with_payload.npz", marker, base=fields_of(tmp_path / "good.npz"))
+    with pytest.raises(DatasetError, match="field 'I_ext' holds pickled Python objects"):
+        load_recording(with_payload)
+    assert not marker.exists()
+    # a sanity check of the test itself: unpickling does run the payload
+    with open(renamed, "rb") as f:
+        pickle.load(f)["payload"].close()
+    assert marker.exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
         load_recording(tmp_path / "absent.npz")
@@ -172,8 +196,73 @@ def test_shipped_dataset():
     net = winner_take_all()
     for name, value in net.to_dict().items():
         np.testing.assert_array_equal(getattr(rec.network, name), value, err_msg=name)
-    assert rec.duration == pytest.approx(11.0) and rec.h == H and rec.input_kind == "none"
+    assert rec.duration == pytest.approx(11.0) and rec.h == MICRO_DT and rec.input_kind == "none"
     assert rec.spikes.shape == (3, 30, 55_000) and not rec.I_ext.any()
     _, switches = dominance(rec.pop_spike_counts, rec.network.N, rec.h)
     assert np.any(switches > 1.0), f"switches at {switches} s"
     assert SHIPPED.stat().st_size < 2_000_000
+
+
+# --------------------------------------------------------------- property test of the loader
+def valid_fields(M, N, n_steps, rng):
+    """The fields of a small consistent recording of M populations of N neurons, all of them recorded."""
+    spikes = (rng.random((M, N, n_steps)) < 0.2).astype(np.uint8)
+    params = dict(N=np.full(M, N), amem=np.full(M, 50.0), rp=np.full(M, 14.4), ft=np.full(M, 3.7),
+                  J=np.full(M, 10.0), asyn=np.full(M, 300.0), init_rates=np.full(M, 5.0))
+    return dict(format=np.str_(FORMAT), version=np.str_("test"), seed=np.int64(1), h=np.float64(2e-4),
+                pop_spike_counts=spikes.sum(1).astype(np.int32), spikes=spikes, I_ext=np.zeros((M, n_steps)),
+                input_kind=np.str_("none"), conmat=np.eye(M), ref_t=np.float64(0.004), eps=np.float64(1.0),
+                delay_steps=np.int64(1), **params)
+
+
+FIELDS = ("format", "version", "seed", "h", "pop_spike_counts", "spikes", "I_ext", "input_kind", "conmat",
+          "ref_t", "eps", "delay_steps", *PARAMS)
+ANY_ARRAY = hnp.arrays(
+    dtype=st.sampled_from([np.bool_, np.int8, np.uint8, np.int32, np.int64, np.uint64, np.float32, np.float64,
+                           np.complex128, np.dtype("<U4"), np.dtype("M8[s]")]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+
+
+def small_array_like(value):
+    """Same shape and dtype as value, any values (NaN, infinities and extremes included)."""
+    if value.dtype.kind in "U":
+        return st.just(np.str_("x"))
+    return hnp.arrays(dtype=value.dtype, shape=value.shape)
+
+
+@st.composite
+def mutated_recordings(draw):
+    """A valid small recording with up to three fields removed or replaced by random arrays."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    fields = valid_fields(draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 6)), rng)
+    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=3, unique=True)):
+        how = draw(st.sampled_from(["remove", "same shape", "anything"]))
+        if how == "remove":
+            del fields[name]
+        elif how == "same shape":
+            fields[name] = draw(small_array_like(np.asarray(fields[name])))
+        else:
+            fields[name] = draw(ANY_ARRAY)
+    return fields
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(fields=mutated_recordings())
+def test_loader_raises_dataset_error_or_returns_a_consistent_recording(tmp_path, fields):
+    path = str(tmp_path / "rec.npz")
+    write_npz(path, **fields)
+    try:
+        rec = load_recording(path)
+    except DatasetError as error:
+        message = str(error)
+        assert message.startswith(path + ": ") and "\n" not in message, message
+        event("refused")
+        return
+    event("loaded")
+    M, steps = rec.pop_spike_counts.shape
+    assert rec.spikes.shape[0] == M and rec.spikes.shape[2] == steps and rec.I_ext.shape == (M, steps)
+    assert np.all(np.isfinite(rec.I_ext)) and np.all(np.isfinite(rec.network.theta)) and rec.h > 0
+    assert set(np.unique(rec.spikes)) <= {0, 1}
+    assert np.all((rec.pop_spike_counts >= 0) & (rec.pop_spike_counts <= rec.network.N[:, None]))
+    assert np.all(np.isfinite(rec.activity))

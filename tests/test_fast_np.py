@@ -92,7 +92,7 @@ def test_potential_follows_the_closed_form(scheme, I_const):
     net = winner_take_all()
     net = net.with_theta(np.concatenate([[40.0, 50.0, 70.0], np.zeros(3), net.rp, net.ft]))   # J = 0
     dt, K, n_bins = 0.004, 120, 60
-    obs_age0 = np.array([[[1, 7], [30, 2], [5, 90]]])                         # (B, M, Nobs), all >= R
+    obs_age0 = np.array([[[1, 7], [30, 2], [5, 90]]])                         # (B, M, Nobs), all >= n_ref
     step = fast_np.BinStep(net, dt, K, net.init_rates[None], scheme, Nobs=2, obs_age0=obs_age0)
     V_star = net.rp + net.eps * I_const / net.amem                              # (M,)
     V0, V0_obs = step.V.copy(), step.V_obs.copy()
@@ -100,7 +100,7 @@ def test_potential_follows_the_closed_form(scheme, I_const):
         h = step.drive(np.zeros((1, 3)), np.full((1, 3), I_const), first=(n == 1))
         _, lam = step.cohorts(h, np.zeros((1, 3, K)))
         decay = CLOSED_FORM_DECAY[scheme](n, dt * net.amem)[None, :, None]
-        j = np.arange(step.R, K - n + 1)             # cohorts never held at 0, now at index j + n - 1
+        j = np.arange(step.n_ref, K - n + 1)             # cohorts never held at 0, now at index j + n - 1
         expected = V_star[None, :, None] + (V0[..., j] - V_star[None, :, None]) * decay
         np.testing.assert_allclose(step.V[..., j + n - 1], expected, rtol=1e-12, atol=1e-12,
                                    err_msg=f"cohorts after {n} bins")

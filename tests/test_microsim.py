@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.microsim import (H, State, dominance, main, ou_input, pulse_input, simulate, stationary_state)
+from src.microsim import (MICRO_DT, State, dominance, main, ou_input, pulse_input, simulate, simulate_recording,
+                          stationary_state)
 from src.network import Network, winner_take_all
 
 REF_STEPS = 20  # ref_t / h of model.md section 1
@@ -17,10 +18,10 @@ REF_STEPS = 20  # ref_t / h of model.md section 1
 def single_population(N=2000, rp=7.0, ft=3.7, amem=50.0, rate=20.0):
     """One uncoupled population: its neurons are independent renewal processes of constant drive rp."""
     return Network(N=[N], amem=[amem], rp=[rp], ft=[ft], J=[0.0], conmat=[[0.0]], asyn=[1000 / 3],
-                   ref_t=REF_STEPS * H, eps=1.0, init_rates=[rate])
+                   ref_t=REF_STEPS * MICRO_DT, eps=1.0, init_rates=[rate])
 
 
-def isi_pmf(amem, rp, ft, n_max, u=0.0, h=H, ref_steps=REF_STEPS):
+def isi_pmf(amem, rp, ft, n_max, u=0.0, h=MICRO_DT, ref_steps=REF_STEPS):
     """Oracle, independent of the simulator: ISI distribution in steps of a neuron under constant input.
 
     Spike in step 0; steps 1..ref_steps held at 0; in free step j = 1, 2, ... (ISI n = ref_steps + j)
@@ -41,7 +42,7 @@ def renewal_rate_and_cv(f):
     n = np.arange(len(f))
     mean = (n * f).sum()
     var = (n**2 * f).sum() - mean**2
-    return 1 / (mean * H), np.sqrt(var) / mean
+    return 1 / (mean * MICRO_DT), np.sqrt(var) / mean
 
 
 def isis(spikes):
@@ -67,14 +68,14 @@ def test_renewal_rate_and_isi_density(rp):
 
     # Rate: a stationary renewal process has count variance ~ CV^2 * rate * T per neuron, so the
     # population rate has standard error sqrt(CV^2 * rate / (N T h)); 3 SE: false failure 0.3%.
-    measured = counts.sum() / (net.N[0] * T * H)
-    se = np.sqrt(cv**2 * rate / (net.N[0] * T * H))
+    measured = counts.sum() / (net.N[0] * T * MICRO_DT)
+    se = np.sqrt(cv**2 * rate / (net.N[0] * T * MICRO_DT))
     assert abs(measured - rate) < 3 * se, f"rate {measured:.4f} Hz, renewal theory {rate:.4f} +- {se:.4f} Hz"
 
     # Stationary start: no transient. The first 100 steps hold ~N*rate*100h = 400 spikes, roughly
     # Poisson (SD 20, and less for a regular process); 4 SD: false failure 6e-5.
     first = counts[:100].sum()
-    expected = net.N[0] * rate * 100 * H
+    expected = net.N[0] * rate * 100 * MICRO_DT
     assert abs(first - expected) < 4 * np.sqrt(expected), f"first 20 ms: {first} spikes, expected {expected:.1f}"
 
     # ISI histogram against f. Only intervals starting before T - L (L = 4000 steps, beyond which f has
@@ -105,7 +106,7 @@ def test_no_isi_shorter_than_refractory_period():
 
 
 def test_very_low_threshold_fires_every_21_steps():
-    net = single_population(N=210, ft=-60.0, rate=1 / (21 * H))
+    net = single_population(N=210, ft=-60.0, rate=1 / (21 * MICRO_DT))
     result = simulate(net, 2_000, np.random.default_rng(3), n_recorded=210)
     for row in result.spikes[0]:
         times = np.flatnonzero(row)
@@ -132,7 +133,7 @@ def test_winner_take_all_200s():
     result = simulate(net, 1_000_000, np.random.default_rng(5), n_recorded=0)
     counts = result.pop_spike_counts[:, 5000:]  # drop the first second
     winner, switches = dominance(counts, net.N)
-    A = counts / (net.N[:, None] * H)
+    A = counts / (net.N[:, None] * MICRO_DT)
     winning = np.where(winner == 0, A[0], A[1]).mean()
     losing = np.where(winner == 0, A[1], A[0]).mean()
     assert 17 <= winning <= 21, f"winner {winning:.2f} Hz"
@@ -172,13 +173,13 @@ def test_zero_coupling_gives_independent_renewal_populations():
         f, _ = isi_pmf(50.0, rp[a], 3.7, n_max=20_000)
         rates.append(renewal_rate_and_cv(f))
     net = Network(N=[400, 400, 200], amem=[50.0] * 3, rp=rp, ft=[3.7] * 3, J=[0.0] * 3,
-                  conmat=winner_take_all().conmat, asyn=winner_take_all().asyn, ref_t=REF_STEPS * H,
+                  conmat=winner_take_all().conmat, asyn=winner_take_all().asyn, ref_t=REF_STEPS * MICRO_DT,
                   init_rates=[r for r, _ in rates])
     T = 100_000
     counts = simulate(net, T, np.random.default_rng(10), n_recorded=0).pop_spike_counts
     for a, (rate, cv) in enumerate(rates):
-        measured = counts[a].sum() / (net.N[a] * T * H)
-        se = np.sqrt(cv**2 * rate / (net.N[a] * T * H))  # as in the renewal test; 3 SE: 0.3%
+        measured = counts[a].sum() / (net.N[a] * T * MICRO_DT)
+        se = np.sqrt(cv**2 * rate / (net.N[a] * T * MICRO_DT))  # as in the renewal test; 3 SE: 0.3%
         assert abs(measured - rate) < 3 * se, f"population {a}: {measured:.3f} Hz vs {rate:.3f} +- {se:.3f}"
     # E1 and E2 counts in 10 ms bins are uncorrelated: |r| < 4 / sqrt(bins), false failure 6e-5
     binned = counts[:2].reshape(2, -1, 50).sum(axis=2)
@@ -208,7 +209,7 @@ def test_stationary_state_ages():
     f, _ = isi_pmf(50.0, 7.0, 3.7, n_max=20_000)
     rate, _ = renewal_rate_and_cv(f)
     fraction = np.mean(state.held > 0)
-    p = rate * REF_STEPS * H  # not the init rate: the age law follows the hazard under the init input
+    p = rate * REF_STEPS * MICRO_DT  # not the init rate: the age law follows the hazard under the init input
     # binomial SE sqrt(p(1-p)/N); 4 SE: false failure 6e-5
     assert abs(fraction - p) < 4 * np.sqrt(p * (1 - p) / 20_000), f"held fraction {fraction:.4f}, expected {p:.4f}"
     assert set(np.unique(state.held)) <= set(range(REF_STEPS + 1))
@@ -222,7 +223,7 @@ def test_inputs():
     # SE 2 / sqrt(8000) = 0.022 and the SD ~0.016; 5 SE
     np.testing.assert_allclose(ou.mean(axis=1), 1.0, atol=0.11)
     np.testing.assert_allclose(ou.std(axis=1), 2.0, atol=0.08)
-    lag = int(0.003 / H)  # autocorrelation at one tau is exp(-1)
+    lag = int(0.003 / MICRO_DT)  # autocorrelation at one tau is exp(-1)
     r = np.corrcoef(ou[0, :-lag], ou[0, lag:])[0, 1]
     assert abs(r - np.exp(-1)) < 0.03
 
@@ -243,7 +244,11 @@ def test_command_line(tmp_path, capsys):
     assert main(["--out", str(out), "--duration", "0.2", "--seed", "3", "--input", "ou"]) == 0
     rec = load_recording(out)
     assert rec.seed == 3 and rec.input_kind == "ou" and rec.spikes.shape == (3, 30, 1000)
-    assert np.any(rec.I_ext != 0)
+    # the file holds the run of the API with the same options (the OU input's defaults: mean 0, sigma 100)
+    direct = simulate_recording(winner_take_all(), 0.2, 3, input_kind="ou", ou=dict(mean=0.0, sigma=100.0))
+    for name in ("I_ext", "pop_spike_counts", "spikes"):
+        np.testing.assert_array_equal(getattr(rec, name), getattr(direct, name), err_msg=name)
+    assert np.std(rec.I_ext) > 10.0, np.std(rec.I_ext)     # the input is there: sigma 100 / s
 
 
 @pytest.mark.parametrize("argv", [["--out", "x.npz", "--seed", "1", "--bogus", "2"],
@@ -251,10 +256,11 @@ def test_command_line(tmp_path, capsys):
                                   ["--out", "x.npz", "--seed", "1", "--n_recorded", "3"],
                                   ["--out", "/nonexistent/dir/x.npz", "--seed", "1", "--duration", "0.01"]])
 def test_command_line_errors_are_one_line(argv, capsys):
-    try:
-        status = main(argv)
-    except SystemExit as exit:
-        status = exit.code
+    """As `python -m src.microsim` runs main: through src.cli.run, which gives the exit status."""
+    from src.cli import run
+    from src.microsim import PROG
+
+    status = run(PROG, main, argv)
     assert status == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error" in err and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: ") and "Traceback" not in err, err

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from src import neulvm, peers
-from src.microsim import H, simulate
+from src.microsim import MICRO_DT, simulate
 from src.network import Network, winner_take_all
 
 DT = 0.004  # s, the mesoscopic bin of neuLVM (model.md)
@@ -41,17 +41,17 @@ def brian2():
 def _run(simulator, network, duration, seed, I_ext=None, step=None):
     """Spike counts per population and step (M, n) and the step (s) of one simulator.
 
-    ours_meso(_euler) gives Z * N per bin of `step` (default DT); the others run at `step` (default H)."""
+    ours_meso(_euler) gives Z * N per bin of `step` (default DT); the others run at `step` (default MICRO_DT)."""
     if simulator == "ours_micro":
-        return simulate(network, int(round(duration / H)), np.random.default_rng(seed), I_ext=I_ext,
-                        n_recorded=0).pop_spike_counts, H
+        return simulate(network, int(round(duration / MICRO_DT)), np.random.default_rng(seed), I_ext=I_ext,
+                        n_recorded=0).pop_spike_counts, MICRO_DT
     if simulator.startswith("ours_meso"):  # ours_meso: the default scheme (exact), ours_meso_euler: euler
         step, scheme = step or DT, "euler" if simulator == "ours_meso_euler" else "exact"
         Z = neulvm.simulate(network, duration, seed, I_ext=I_ext, dt=step, scheme=scheme)["Z"]
         return Z * network.N[:, None], step
     if simulator == "brian2":
-        return peers.brian2_micro(network, duration, seed, I_ext, target="cython").pop_spike_counts, H
-    step = step or H
+        return peers.brian2_micro(network, duration, seed, I_ext, target="cython").pop_spike_counts, MICRO_DT
+    step = step or MICRO_DT
     return peers.run(simulator, network, duration, seed, I_ext, h=step).pop_spike_counts, step
 
 
@@ -99,9 +99,9 @@ def test_nest_coupling_factor_is_the_exact_first_step_effect():
     from scipy.integrate import quad
     net = winner_take_all()
     amem = net.amem[0]
-    exact = np.array([quad(lambda s, a=a: np.exp(-amem * (H - s)) * a * np.exp(-a * s), 0, H, epsabs=0,
+    exact = np.array([quad(lambda s, a=a: np.exp(-amem * (MICRO_DT - s)) * a * np.exp(-a * s), 0, MICRO_DT, epsabs=0,
                            epsrel=1e-13)[0] for a in net.asyn])
-    np.testing.assert_allclose(peers.nest_coupling_factor(net), exact / -np.expm1(-H * net.asyn), rtol=1e-11)
+    np.testing.assert_allclose(peers.nest_coupling_factor(net), exact / -np.expm1(-MICRO_DT * net.asyn), rtol=1e-11)
 
 
 def test_current_schedule_stamps_changes_one_step_early():
@@ -111,7 +111,7 @@ def test_current_schedule_stamps_changes_one_step_early():
     I[40:60] = 200.0
     I_e, times, values = peers.current_schedule(I, eps=2.0)
     assert I_e == pytest.approx(peers.C_M * 2.0 * 5.0 / 1000.0)
-    np.testing.assert_allclose(times, np.array([9, 39, 59]) * H * 1000.0, rtol=1e-12)
+    np.testing.assert_allclose(times, np.array([9, 39, 59]) * MICRO_DT * 1000.0, rtol=1e-12)
     np.testing.assert_allclose(values, peers.C_M * 2.0 / 1000.0 * np.array([-5.0, 195.0, -5.0]), rtol=1e-12)
 
 
@@ -147,7 +147,7 @@ def test_input_onset_is_exact(simulator, request):
                   init_rates=[0.0])
     I_ext = np.zeros((1, 300))
     I_ext[0, 100:] = 1e6
-    counts, _ = _run(simulator, net, 300 * H, seed=5, I_ext=I_ext)
+    counts, _ = _run(simulator, net, 300 * MICRO_DT, seed=5, I_ext=I_ext)
     expected = np.zeros(300, dtype=int)
     expected[100::21] = 50
     np.testing.assert_array_equal(counts[0], expected, err_msg=f"{simulator}: spikes at {np.flatnonzero(counts[0])}")
@@ -201,7 +201,7 @@ def renewal_rate(scheme, amem, rp, ft, ref_t, h):
 
 def test_renewal_rate_of_the_micro_scheme_against_a_direct_sum():
     """The closed form above against a direct sum over the ISI distribution, P(ISI = 20 + j) = S_{j-1} P_j."""
-    h, amem, rp, ft = H, 50.0, RENEWAL_RP, 3.7
+    h, amem, rp, ft = MICRO_DT, 50.0, RENEWAL_RP, 3.7
     j = np.arange(1, 100_001)
     P = -np.expm1(-np.exp(rp * -np.expm1(-j * h * amem) - ft) * h)
     S = np.concatenate([[1.0], np.cumprod(1 - P)[:-1]])
@@ -211,8 +211,8 @@ def test_renewal_rate_of_the_micro_scheme_against_a_direct_sum():
 
 @pytest.mark.parametrize("drive", ["rp", "input"])
 @pytest.mark.parametrize("simulator, scheme, step", [
-    ("ours_micro", "micro", H), ("nest_micro", "micro", H), ("brian2", "micro", H),
-    ("nest_meso", "nest_meso", H), ("ours_meso", "ours_meso_exact", DT), ("ours_meso_euler", "ours_meso_euler", DT)])
+    ("ours_micro", "micro", MICRO_DT), ("nest_micro", "micro", MICRO_DT), ("brian2", "micro", MICRO_DT),
+    ("nest_meso", "nest_meso", MICRO_DT), ("ours_meso", "ours_meso_exact", DT), ("ours_meso_euler", "ours_meso_euler", DT)])
 def test_uncoupled_population_fires_at_the_renewal_rate(simulator, scheme, step, drive, request):
     """400 independent neurons with constant drive, 20 s: the mean rate agrees with renewal theory
     of the simulator's own discretisation within 3 standard errors.
@@ -230,7 +230,7 @@ def test_uncoupled_population_fires_at_the_renewal_rate(simulator, scheme, step,
     amem, duration = 50.0, 20.0
     V_limit = RENEWAL_RP
     if drive == "input" and simulator in ("ours_micro", "brian2"):
-        V_limit = RENEWAL_RP * H * amem / -np.expm1(-H * amem)
+        V_limit = RENEWAL_RP * MICRO_DT * amem / -np.expm1(-MICRO_DT * amem)
     theory = renewal_rate(scheme, amem, V_limit, 3.7, 0.004, step)
     rp = RENEWAL_RP if drive == "rp" else 0.0
     net = Network(N=[400], amem=[amem], rp=[rp], ft=[3.7], J=[0.0], conmat=[[1.0]], asyn=[1000 / 3],
@@ -253,7 +253,7 @@ RATE_TARGET = 0.03  # issue 7: rates while dominant agree within 3%
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ours, peer, step", [
-    ("ours_micro", "nest_micro", H), ("ours_micro", "brian2", H), ("ours_meso", "nest_meso", 5e-4)])
+    ("ours_micro", "nest_micro", MICRO_DT), ("ours_micro", "brian2", MICRO_DT), ("ours_meso", "nest_meso", 5e-4)])
 def test_rates_while_dominant_agree(ours, peer, step, request):
     """20 s of the winner-take-all network: rates of the winner, the loser and I (Hz, after 1 s).
 
@@ -305,8 +305,8 @@ def test_step_response_of_the_mesoscopic_models(nest):
         return I_ext
 
     ours = np.stack([_run("ours_meso", net, duration, s, step_input(DT))[0] for s in range(trials)])
-    nest_trials = np.stack([_run("nest_meso", net, duration, s, step_input(H))[0] for s in range(trials)])
-    nest_trials = nest_trials.reshape(trials, net.M, -1, int(round(DT / H))).sum(-1)  # (trials, M, bins of 4 ms)
+    nest_trials = np.stack([_run("nest_meso", net, duration, s, step_input(MICRO_DT))[0] for s in range(trials)])
+    nest_trials = nest_trials.reshape(trials, net.M, -1, int(round(DT / MICRO_DT))).sum(-1)  # (trials, M, bins of 4 ms)
     window = slice(int(round(0.5 / DT)), None)
     for a in (0, 1):
         x, y = ours[:, a, window] / (net.N[a] * DT), nest_trials[:, a, window] / (net.N[a] * DT)  # (trials, T) Hz

@@ -93,7 +93,7 @@ def test_rates_match_the_reference_statistically(scheme):
 
 # ---------------------------------------------------------------- against the microscopic network
 def micro_rate(net, seconds, seed):
-    res = microsim.simulate(net, int(round(seconds / microsim.H)), np.random.default_rng(seed), n_recorded=0)
+    res = microsim.simulate(net, int(round(seconds / microsim.MICRO_DT)), np.random.default_rng(seed), n_recorded=0)
     return res.pop_spike_counts.sum(1) / (net.N * seconds)
 
 
@@ -134,8 +134,8 @@ def dominance_rates(counts, N, h):
 @pytest.fixture(scope="module")
 def micro_wta():
     net = winner_take_all()
-    res = microsim.simulate(net, int(round(200.0 / microsim.H)), np.random.default_rng(1), n_recorded=0)
-    return dominance_rates(res.pop_spike_counts, net.N, microsim.H)
+    res = microsim.simulate(net, int(round(200.0 / microsim.MICRO_DT)), np.random.default_rng(1), n_recorded=0)
+    return dominance_rates(res.pop_spike_counts, net.N, microsim.MICRO_DT)
 
 
 # Measured, true parameters, winner / loser / I rates (Hz) while dominant, switches of the winner:

@@ -1,36 +1,93 @@
-"""EM training end to end on short windows of the shipped dataset (model.md section 4)."""
+"""train_meso.py: EM training end to end on short windows of the shipped dataset (model.md section 4),
+and its command line at its limits (issue 6): clear errors, nothing lost.
+
+- every bad dataset or option: `python train_meso.py ...` exits with status 2 and one line that names
+  the file, field or option, before anything is written (the dataset and result folders are unchanged)
+- --resume refuses untrusted or foreign files; a second run into the same folder is refused
+- non-finite losses injected into a run are rejected, the run goes back to its last good state
+- Ctrl-C stops cleanly; a run SIGKILLed at random moments leaves only complete files and --resume
+  completes it
+"""
+import dataclasses
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 
 import train_meso
 from src import neulvm
+from src.cli import software_versions
 from src.dataset import load_recording
 from src.em import m_step
+from src.fast_np import SCHEMES
 from src.LIFmesoCell import MesoModel
-from src.results import load_arrays
+from src.results import LOCK_NAME, FolderInUse, RunSummary, folder_lock, load_arrays, load_json, save_arrays, save_json
+from tests.conftest import malicious_npz, malicious_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset", "3pop_noinput_small.npz")
 # 1 s of data after 0.2 s of history: small enough that a fit takes seconds
-SHORT = ["--dataset", DATASET, "--trial_length", "1", "--t_perbatch", "1", "--end_timepoint", "2",
-         "--a_cutoff", "0.2", "--Emaxiters", "20", "--Mmaxiters", "30"]
+WINDOW = ["--trial_length", "1", "--t_perbatch", "1", "--end_timepoint", "2", "--a_cutoff", "0.2",
+          "--Emaxiters", "20", "--Mmaxiters", "30"]
+SHORT = ["--dataset", DATASET, *WINDOW]
+# the smallest run that still has every part: 0.2 s of data after 0.2 s of history, few iterations
+TINY = ["--trial_length", "0.2", "--t_perbatch", "0.2", "--end_timepoint", "0.6", "--a_cutoff", "0.2",
+        "--Emaxiters", "6", "--Mmaxiters", "6", "--max_EMsteps", "3", "--LOG_PER", "3"]
+RECORDED_STEPS = 11_000  # 2.2 s of the shipped recording: enough for WINDOW, small enough to rewrite often
 
 
-def run_folder(save_dir, index=0):
-    return os.path.join(save_dir, "data2", f"train{index}")
+def run_folder(save_dir, index=0, end="2"):
+    return os.path.join(str(save_dir), f"data{end}", f"train{index}")
 
 
+def check_run_files(folder):
+    """Every file of a run folder loads, and no number in it is NaN. Returns (complete EM steps, names
+    of the temporary files a killed writer left)."""
+    from matplotlib.image import imread
+
+    temporaries = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if re.fullmatch(r"\..*\.tmp.*", name):
+            temporaries.append(name)
+        elif name == "summary.json":
+            json.dumps(load_json(path), allow_nan=False)       # valid, and no NaN in it
+        elif name.endswith(".png"):
+            assert imread(path).size > 0, name
+        elif name == "train.log":
+            open(path, encoding="ascii").read()
+        elif name == LOCK_NAME:
+            assert re.fullmatch(r"\d*\n?", open(path).read()), name
+        else:
+            assert re.fullmatch(r"init_param|minimizor_result_\d+|E\d+_est_param", name), name
+            for key, value in load_arrays(path).items():
+                if key == "scheme":
+                    assert str(value) in SCHEMES, (name, value)
+                else:
+                    assert np.all(np.isfinite(value)), (name, key)
+    steps = []
+    if os.path.exists(os.path.join(folder, "summary.json")):
+        steps = [s["em_step"] for s in load_json(os.path.join(folder, "summary.json"))["em_steps"]]
+        assert steps == list(range(len(steps))), steps
+        for e in steps:
+            for name in (f"E{e}_est_param", f"minimizor_result_{e}"):
+                assert os.path.exists(os.path.join(folder, name)), f"{name} of a complete EM step is missing"
+    return steps, temporaries
+
+
+# ------------------------------------------------------------------------------------ training
 def test_end_to_end_files_and_monotone_loss(tmp_path):
     summary = train_meso.main(SHORT + ["--max_EMsteps", "3", "--LOG_PER", "10", "--SAVE_DIR", str(tmp_path) + "/"])
     folder = run_folder(tmp_path)
-    steps = summary["em_steps"]
+    steps = summary.em_steps
     assert len(steps) >= 2
     # each M-step starts from the previous E-step's result and each E-step from the M-step's: neither
     # may raise the loss (1e-12: the losses are recomputed, not copied)
@@ -61,6 +118,11 @@ def test_end_to_end_files_and_monotone_loss(tmp_path):
     for key, value in load_recording(DATASET).network.to_dict().items():
         np.testing.assert_array_equal(on_disk["network"][key], value, err_msg=key)
     assert on_disk["finished"] and on_disk["final_loss"] == pytest.approx(steps[-1]["loss"], rel=1e-12)
+    # the summary returned is the one on disk
+    assert isinstance(summary, RunSummary) and summary.finished and summary.final_loss == on_disk["final_loss"]
+    np.testing.assert_array_equal(summary.theta_final, on_disk["theta_final"])
+    np.testing.assert_array_equal(summary.theta_init, on_disk["theta_init"])
+    assert check_run_files(folder) == (list(range(last + 1)), [])      # every file loads, none holds a NaN
     with open(os.path.join(folder, "train.log")) as f:
         log = f.read()
     assert log.count("M-step") == len(steps) and log.count("E-step") == len(steps)
@@ -157,9 +219,9 @@ def test_fit_at_finer_bins(tmp_path, dt):
     T = int(round(1.0 / dt))
     assert est["Z"].shape == (1, 3, T) and est["dt"] == dt and est["scheme"] == "exact"
     window = neulvm.load_window(DATASET, dt=dt, trial_length=1, t_perbatch=1, end_timepoint=2, a_cutoff=0.2)
-    assert window.K == int(round(0.2 / dt)) and window.R == int(np.ceil(0.004 / dt - 1e-9))
+    assert window.K == int(round(0.2 / dt)) and window.n_ref == int(np.ceil(0.004 / dt - 1e-9))
     expected = neulvm.losses(est["theta"], window, est["Z"], backend="numpy", scheme="exact")
-    assert summary["final_loss"] == pytest.approx(sum(expected), rel=1e-9)
+    assert summary.final_loss == pytest.approx(sum(expected), rel=1e-9)
 
 
 def as_killed_before_its_final_save(folder, legacy=False):
@@ -183,7 +245,7 @@ def test_euler_run_resumes_and_simulates_as_euler(tmp_path, capsys):
     folder = run_folder(tmp_path)
     as_killed_before_its_final_save(folder)
     summary = train_meso.main(SHORT + ["--max_EMsteps", "2", "--resume"] + save)      # no --scheme given
-    assert summary["options"]["scheme"] == "euler" and len(summary["em_steps"]) == 2
+    assert summary.options["scheme"] == "euler" and summary.scheme == "euler" and len(summary.em_steps) == 2
     window = short_window()
     for e in (0, 1):
         est = load_arrays(os.path.join(folder, f"E{e}_est_param"))
@@ -200,7 +262,7 @@ def test_euler_run_resumes_and_simulates_as_euler(tmp_path, capsys):
     with open(os.path.join(folder, "simulation_none_seed3.json")) as f:
         written = json.load(f)
     assert written["scheme"] == "euler"
-    net = load_recording(DATASET).network.with_theta(summary["theta_final"])
+    net = load_recording(DATASET).network.with_theta(summary.theta_final)
     for scheme, same in (("euler", True), ("exact", False)):
         sim = neulvm.simulate(net, 2.0, 3, dt=0.004, a_cutoff=0.2, scheme=scheme)
         assert np.allclose(sim["A"].mean(1), written["mean_rates_Hz"], rtol=1e-9) == same, scheme
@@ -209,7 +271,390 @@ def test_euler_run_resumes_and_simulates_as_euler(tmp_path, capsys):
     as_killed_before_its_final_save(folder, legacy=True)
     capsys.readouterr()
     summary = train_meso.main(SHORT + ["--max_EMsteps", "3", "--resume"] + save)
-    assert summary["options"]["scheme"] == "euler"
+    assert summary.options["scheme"] == "euler"
     assert simulate_with_trainedparams.main(["--run", folder, "--duration", "1"]) == 0
     err = capsys.readouterr().err
     assert err.count("read as scheme 'euler'") == 1, err
+
+
+# ------------------------------------------------------------------ helpers of the command-line tests
+def shipped_fields(n_steps=RECORDED_STEPS):
+    """The fields of the shipped dataset, cut to its first n_steps steps of 0.2 ms."""
+    with np.load(DATASET, allow_pickle=False) as archive:
+        fields = {name: archive[name] for name in archive.files}
+    for name in ("pop_spike_counts", "I_ext"):
+        fields[name] = fields[name][..., :n_steps]
+    fields["spikes"] = fields["spikes"][..., :n_steps]
+    return fields
+
+
+def write_npz(path, **fields):
+    with open(path, "wb") as f:
+        np.savez(f, **fields)
+    return str(path)
+
+
+def snapshot(*folders):
+    """{path: sha1 of the content} of every file under the folders: to show that nothing changed."""
+    state = {}
+    for folder in folders:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    state[path] = hashlib.sha1(f.read()).hexdigest()
+            state[dirpath] = "folder"
+    return state
+
+
+def run_cli(args, timeout=180):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train_meso.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------ bad datasets and options (CLI)
+def dataset_case(change):
+    """A function tmp -> dataset path: the shipped fields with `change` applied (None removes a field)."""
+    def make(tmp):
+        fields = shipped_fields()
+        for name, value in change(fields).items():
+            if value is None:
+                del fields[name]
+            else:
+                fields[name] = value
+        return write_npz(tmp / "rec.npz", **fields)
+    return make
+
+
+def text_file(content):
+    def make(tmp):
+        path = tmp / "rec.npz"
+        path.write_bytes(content)
+        return str(path)
+    return make
+
+
+def truncated(tmp):
+    path = write_npz(tmp / "rec.npz", **shipped_fields())
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])          # a half-copied file
+    return path
+
+
+def single_npy(tmp):
+    np.save(tmp / "rec.npy", np.zeros(3))
+    return str(tmp / "rec.npy")
+
+
+def renamed_pickle(tmp):
+    return malicious_pickle(tmp / "rec.npz", tmp / "PWNED")
+
+
+def npz_with_object_array(tmp):
+    return malicious_npz(tmp / "rec.npz", tmp / "PWNED", base=shipped_fields())
+
+
+def shipped_copy(tmp):
+    return write_npz(tmp / "rec.npz", **shipped_fields())
+
+
+# (id, dataset maker, extra options, substrings the one-line message must contain)
+BAD_INPUTS = [
+    # the file
+    ("missing file", lambda tmp: str(tmp / "absent.npz"), [], ["absent.npz", "no such file"]),
+    ("a folder", lambda tmp: str(tmp), [], ["is a folder", "expected a dataset file"]),
+    ("truncated file", truncated, [], ["rec.npz", "truncated or corrupted"]),
+    ("text file", text_file(b"time,neuron\n0.1,3\n"), [], ["rec.npz", "not a readable .npz archive"]),
+    ("single .npy", single_npy, [], ["rec.npy", "single .npy"]),
+    ("pickle renamed .npz", renamed_pickle, [], ["rec.npz", "pickle"]),
+    ("object array", npz_with_object_array, [], ["rec.npz", "'I_ext'", "pickled"]),
+    ("other format", dataset_case(lambda f: {"format": np.str_("spikes-v0")}), [],
+     ["rec.npz", "'format'", "neuLVM-recording-1"]),
+    # missing keys, shapes, dtypes, values
+    ("missing key", dataset_case(lambda f: {"spikes": None}), [], ["rec.npz", "missing field 'spikes'"]),
+    ("wrong shape", dataset_case(lambda f: {"spikes": f["spikes"][:2]}), [], ["rec.npz", "'spikes'", "shape"]),
+    ("steps disagree", dataset_case(lambda f: {"I_ext": f["I_ext"][:, :-5]}), [], ["rec.npz", "'I_ext'", "shape"]),
+    ("float spikes", dataset_case(lambda f: {"spikes": f["spikes"].astype(float)}), [],
+     ["rec.npz", "'spikes'", "dtype"]),
+    ("float counts", dataset_case(lambda f: {"pop_spike_counts": f["pop_spike_counts"] * 1.0}), [],
+     ["rec.npz", "'pop_spike_counts'", "dtype"]),
+    ("NaN input", dataset_case(lambda f: {"I_ext": np.where(np.arange(RECORDED_STEPS) == 7, np.nan, f["I_ext"])}),
+     [], ["rec.npz", "'I_ext'", "NaN or infinite"]),
+    ("infinite parameter", dataset_case(lambda f: {"amem": np.array([50.0, np.inf, 50.0])}), [],
+     ["rec.npz", "'amem'", "NaN or infinite"]),
+    ("negative activity", dataset_case(lambda f: {"pop_spike_counts": f["pop_spike_counts"] - 3}), [],
+     ["rec.npz", "'pop_spike_counts'", "[0, N]"]),
+    ("spike entry 2", dataset_case(lambda f: {"spikes": f["spikes"] * np.uint8(2)}), [],
+     ["rec.npz", "'spikes'", "only 0 and 1"]),
+    ("spike entry -1", dataset_case(lambda f: {"spikes": -f["spikes"].astype(np.int8)}), [],
+     ["rec.npz", "'spikes'", "only 0 and 1"]),
+    ("negative rate constant", dataset_case(lambda f: {"asyn": -f["asyn"]}), [], ["rec.npz", "'asyn'", "> 0"]),
+    # the recording against the options
+    ("Nsampled > recorded", shipped_copy, ["--Nsampled", "31"], ["rec.npz", "Nsampled", "30 recorded neurons"]),
+    ("window after the end", shipped_copy, ["--end_timepoint", "3"], ["rec.npz", "end_timepoint 3", "0..2.2 s"]),
+    ("history before the start", shipped_copy, ["--end_timepoint", "1"], ["rec.npz", "a_cutoff 0.2", "0..2.2 s"]),
+    ("dt not a multiple of h", shipped_copy, ["--dt", "0.0041"], ["rec.npz", "dt", "recording step h = 0.0002"]),
+    ("window not whole bins", shipped_copy, ["--a_cutoff", "0.201"], ["a_cutoff", "whole multiple of dt"]),
+    ("N differs", shipped_copy, ["--N", "400,400,100"], ["--N 400,400,100", "[400, 400, 200]", "rec.npz"]),
+    ("M differs", shipped_copy, ["--M", "2", "--N", "400,400"], ["--M is 2", "3 populations", "rec.npz"]),
+    # options alone
+    ("lb = 0", shipped_copy, ["--lb", "0"], ["--lb and --ub", "0 < lb < ub"]),
+    ("lb > ub", shipped_copy, ["--lb", "2", "--ub", "1"], ["0 < lb < ub", "lb=2.0, ub=1.0"]),
+    ("dt = 0", shipped_copy, ["--dt", "0"], ["--dt must be > 0"]),
+    ("dt NaN", shipped_copy, ["--dt", "nan"], ["--dt must be a finite number"]),
+    ("E_LR < 0", shipped_copy, ["--E_LR", "-0.001"], ["--E_LR must be > 0"]),
+    ("Emaxiters 0", shipped_copy, ["--Emaxiters", "0"], ["--Emaxiters must be >= 1"]),
+    ("max_EMsteps 0", shipped_copy, ["--max_EMsteps", "0"], ["--max_EMsteps must be >= 1"]),
+    ("N count vs M", shipped_copy, ["--N", "400,400"], ["--N must have 3 values", "--M 3"]),
+    ("prior not numbers", shipped_copy, ["--amem", "50,abc,50"], ["--amem", "comma-separated numbers"]),
+    ("unknown method", shipped_copy, ["--method", "BFGS"], ["--method must be one of", "'BFGS'"]),
+    ("unknown option", shipped_copy, ["--learning_rate", "1"], ["unrecognized arguments: --learning_rate"]),
+    ("not a number", shipped_copy, ["--dt", "4ms"], ["--dt", "invalid float value"]),
+    ("batches disagree", shipped_copy, ["--t_perbatch", "0.3"], ["--B (1) must equal trial_length / t_perbatch"]),
+    ("negative seed", shipped_copy, ["--train_Noinit", "-1"], ["--train_Noinit must be >= 0"]),
+]
+
+
+@pytest.mark.parametrize("make_dataset, options, expected", [c[1:] for c in BAD_INPUTS],
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, make_dataset, options, expected):
+    data_dir, save_dir = tmp_path / "data", tmp_path / "results"
+    data_dir.mkdir()
+    save_dir.mkdir()
+    dataset = make_dataset(data_dir)
+    before = snapshot(data_dir, save_dir)
+    args = ["--dataset", dataset, *WINDOW, "--SAVE_DIR", str(save_dir) + "/"] + options
+    started = time.time()
+    out = run_cli(args)
+    seconds = time.time() - started
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert len(lines) == 1 and lines[0].startswith("train_meso.py: error: "), out.stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert "Traceback" not in out.stderr + out.stdout
+    assert snapshot(data_dir, save_dir) == before, "a refused run changed the dataset or result folder"
+    assert not (data_dir / "PWNED").exists(), "loading the dataset ran code from it"
+    print(f"{seconds:.1f} s: {lines[0]}")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    out = run_cli(["--dataset", str(tmp_path / "absent.npz"), "--debug"])
+    assert out.returncode != 0 and "Traceback" in out.stderr and "DatasetError" in out.stderr
+
+
+# ---------------------------------------------------------- --resume: untrusted or foreign files
+def resumable_folder(tmp_path):
+    """A run folder as train_meso.py leaves it after EM step 0 of WINDOW on the shipped dataset: a
+    complete summary.json (one that --resume accepts) and the arrays of EM step 0."""
+    save_dir = str(tmp_path / "results") + "/"
+    folder = run_folder(save_dir)
+    os.makedirs(folder)
+    opt = train_meso.parse_options(["--dataset", DATASET, *WINDOW, "--SAVE_DIR", save_dir])
+    rec = load_recording(DATASET)
+    theta = rec.network.theta
+    summary = RunSummary(
+        options=dataclasses.asdict(opt), run_folder=folder, seed=opt.train_Noinit,
+        dataset={"path": DATASET, "seed": rec.seed, "version": rec.version}, network=rec.network.to_dict(),
+        theta_names=[f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(3)], theta_true=theta,
+        prior_centre=theta, theta_init=theta, versions=software_versions(),
+        em_steps=[{"em_step": 0, "loss": 1.0}], theta_final=theta, final_loss=1.0, last_em_step=0)
+    summary.save(os.path.join(folder, "summary.json"))
+    assert RunSummary.load(os.path.join(folder, "summary.json")).options["scheme"] == "exact"
+    save_arrays(os.path.join(folder, "E0_est_param"), theta=theta, Z=np.full((1, 3, 250), 0.01), loss_y=0.9,
+                loss_Z=0.1, scheme="exact", dt=0.004, a_cutoff=0.2)
+    return folder
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("pickle", "is a Python pickle"),
+    ("object array", "holds pickled Python objects"),
+    ("truncated summary", "summary.json: not valid JSON"),
+    ("other options", "--resume: --trial_length is 0.5"),
+])
+def test_resume_refuses_untrusted_or_foreign_files(tmp_path, damage, expected):
+    folder = resumable_folder(tmp_path)
+    marker = tmp_path / "PWNED"
+    options = list(WINDOW)
+    if damage == "pickle":
+        malicious_pickle(os.path.join(folder, "E0_est_param"), marker)
+    elif damage == "object array":
+        malicious_npz(os.path.join(folder, "E0_est_param"), marker)
+    elif damage == "truncated summary":
+        text = open(os.path.join(folder, "summary.json")).read()
+        open(os.path.join(folder, "summary.json"), "w").write(text[:len(text) // 2])
+    else:
+        options[options.index("--trial_length") + 1] = "0.5"
+        options[options.index("--t_perbatch") + 1] = "0.5"
+    before = snapshot(tmp_path)
+    out = run_cli(["--dataset", DATASET, *options, "--SAVE_DIR", str(tmp_path / "results") + "/", "--resume"])
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and expected in out.stderr, out.stderr
+    assert snapshot(tmp_path) == before
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------ one writer per run folder
+def test_second_run_into_a_locked_folder_is_refused(tmp_path):
+    folder = run_folder(tmp_path)
+    os.makedirs(folder)
+    with folder_lock(folder):                    # as a running train_meso.py holds it
+        before = snapshot(tmp_path)
+        out = run_cli([*SHORT, "--SAVE_DIR", str(tmp_path) + "/"])
+        assert out.returncode == 2, out.stderr
+        assert f"{folder} is in use by another training run (PID {os.getpid()})" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert snapshot(tmp_path) == before
+        with pytest.raises(FolderInUse):
+            with folder_lock(folder):            # a second holder in this process is refused too
+                pass
+    assert os.listdir(folder) == []              # released and removed
+
+
+# ----------------------------------------------------------------------- non-finite EM steps
+@pytest.mark.slow
+def test_training_survives_injected_nan_steps(tmp_path, monkeypatch):
+    """A NaN in the 2nd M-step evaluation and in the 3rd E-step iteration of EM step 0: both rejected and
+    logged, the run finishes, and no file holds a NaN."""
+    original, calls = MesoModel.value_and_grad, {"theta": 0, "Z": 0}
+
+    def sometimes_nan(self, wrt, theta=None, Z=None):
+        loss_y, loss_Z, grad = original(self, wrt, theta=theta, Z=Z)
+        calls[wrt] += 1
+        if (wrt, calls[wrt]) in (("theta", 2), ("Z", 3)):
+            return loss_y * np.nan, loss_Z, grad * np.nan
+        return loss_y, loss_Z, grad
+
+    monkeypatch.setattr(MesoModel, "value_and_grad", sometimes_nan)
+    summary = train_meso.main(["--dataset", DATASET, *TINY, "--max_EMsteps", "2",
+                               "--SAVE_DIR", str(tmp_path) + "/"])
+    folder = run_folder(tmp_path, end="0.6")
+    log = open(os.path.join(folder, "train.log")).read()
+    assert "M-step 0: a non-finite loss or gradient (evaluation 2) was rejected" in log, log
+    assert "E-step 0: a non-finite loss or gradient at iteration 2 was rejected" in log, log
+    assert summary.finished and summary.em_steps[0]["E_nonfinite"] == 2
+    for step in summary.em_steps:
+        assert step["M"]["loss"] <= step["M"]["loss_start"] and step["loss"] <= step["M"]["loss"] + 1e-12
+    check_run_files(folder)
+
+    # a run killed after its last EM step but before its final save: --resume only finishes it
+    path = os.path.join(folder, "summary.json")
+    unfinished = dict(load_json(path), finished=False)
+    del unfinished["seconds"]
+    save_json(path, unfinished)
+    again = train_meso.main(["--dataset", DATASET, *TINY, "--max_EMsteps", "2",
+                             "--SAVE_DIR", str(tmp_path) + "/", "--resume"])
+    assert again.finished and again.final_loss == summary.final_loss
+    assert np.asarray(again.theta_final).tolist() == np.asarray(summary.theta_final).tolist()
+    assert len(again.em_steps) == len(summary.em_steps) and load_json(path)["finished"]
+
+
+# -------------------------------------------------------------------------- Ctrl-C and SIGKILL
+def start_run(save_dir, index, resume):
+    args = [sys.executable, os.path.join(ROOT, "train_meso.py"), "--dataset", DATASET, *TINY,
+            "--train_Noinit", str(index), "--SAVE_DIR", str(save_dir) + "/"] + (["--resume"] if resume else [])
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def wait_for_log(process, log, size_before, text="start (PID", timeout=120):
+    """Wait until the run appends `text` to its log (or ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(log) and text in open(log).read()[size_before:]:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    folder = run_folder(tmp_path, end="0.6")
+    run = start_run(tmp_path, 0, resume=False)
+    wait_for_log(run, os.path.join(folder, "train.log"), 0, text="bins of")   # M-step 0 begins
+    time.sleep(0.5)
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130, run.stderr.read()
+    stderr = run.stderr.read().strip()
+    assert len(stderr.splitlines()) == 1 and "interrupted during" in stderr and "--resume" in stderr, stderr
+    last = open(os.path.join(folder, "train.log")).read().strip().splitlines()[-1]
+    assert re.search(r"interrupted during (E-step|M-step|the saving of EM step) \d", last), last
+    assert "continue with: python train_meso.py" in last and last.endswith("--resume"), last
+    steps, temporaries = check_run_files(folder)
+    assert temporaries == [] and not os.path.exists(os.path.join(folder, LOCK_NAME))
+
+
+def phase_of(log):
+    """What a run was doing when it was killed, from the last line it logged."""
+    lines = log.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if re.search(r"M-step \d+:", last):
+        return "in an E-step"
+    if re.search(r"E-step \d+:", last):
+        return "saving an EM step or in the next M-step"
+    if "bins of" in last:
+        return "compiling or in an M-step"
+    return "in the start-up (imports, initial files)"
+
+
+KILLS = 10          # about 12 s each; they cover the three phases of KILL_AFTER
+# A kill comes a random time after a random one of these lines of the run's log: "start" covers the
+# imports and the initial files, "bins of" the compilation and an M-step, "M-step" an E-step, the
+# saving of its results and the next M-step (each EM step of TINY takes about a second)
+KILL_AFTER = {"start (PID": 6.0, "bins of": 4.0, "M-step": 3.0}   # log text: the delay's range in s
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing_and_resume_completes(tmp_path):
+    """Kill a tiny run with SIGKILL at KILLS random moments (KILL_AFTER; each restart is a --resume, a run
+    that finishes before its kill is checked and replaced by a new one). After every kill each file in the
+    folder loads and the files of complete EM steps are all still there; a last --resume completes."""
+    rng = np.random.default_rng(2022)
+    index, resume, kills, resumed, completed, lost = 0, False, 0, 0, 0, 0
+    complete_before, phases = set(), []
+    started = time.time()
+    while kills < KILLS:
+        folder = run_folder(tmp_path, end="0.6", index=index)
+        log = os.path.join(folder, "train.log")
+        size = os.path.getsize(log) if os.path.exists(log) else 0
+        run = start_run(tmp_path, index, resume)
+        resumed += resume
+        anchor = rng.choice(list(KILL_AFTER))
+        delay = rng.uniform(0, KILL_AFTER[anchor])
+        wait_for_log(run, log, size, text=anchor)
+        time.sleep(delay)
+        if run.poll() is None:
+            run.send_signal(signal.SIGKILL)
+            run.wait()
+            kills += 1
+            phases.append(phase_of(open(log).read()[size:]))
+            resume = True
+        else:
+            assert run.returncode == 0, run.stderr.read()
+            assert load_json(os.path.join(folder, "summary.json"))["finished"]
+            completed += 1
+            index, resume, complete_before = index + 1, False, set()
+        steps, _ = check_run_files(folder)
+        present = {f"E{e}_est_param" for e in steps} | {f"minimizor_result_{e}" for e in steps}
+        lost += len(complete_before - present)
+        complete_before = present if resume else set()
+    if resume:                                          # the last killed run, to the end
+        run = start_run(tmp_path, index, resume=True)
+        resumed += 1
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+        completed += 1
+    for i in range(index + 1):
+        folder = run_folder(tmp_path, end="0.6", index=i)
+        steps, temporaries = check_run_files(folder)
+        summary = load_json(os.path.join(folder, "summary.json"))
+        assert summary["finished"] and steps and temporaries == [], (i, steps, temporaries)
+        assert not os.path.exists(os.path.join(folder, LOCK_NAME))
+        final = load_arrays(os.path.join(folder, f"E{steps[-1]}_est_param"))
+        np.testing.assert_array_equal(final["theta"], summary["theta_final"])
+        assert summary["final_loss"] == pytest.approx(final["loss_y"] + final["loss_Z"], rel=1e-12)
+    print(f"\nSIGKILL: {kills} kills ({', '.join(f'{n} {p}' for p, n in Counter(phases).most_common())}); "
+          f"{resumed} resumes; {completed} runs completed; {lost} files of complete EM steps lost; "
+          f"{time.time() - started:.0f} s")
+    assert lost == 0
