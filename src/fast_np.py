@@ -157,6 +157,11 @@ class BinStep:
         self.V_obs = np.where(fired, 0.0, self.V_obs)
 
 
+def log_p_observed(y, logP, lam, dt):
+    """log-probability of each observed neuron's bin: log P if it fired (y = 1), -lam*dt if not."""
+    return np.where(y > 0, logP, -lam * dt)
+
+
 def gaussian_nll(Z, Zbar, N, dt):
     """3.7: -log Normal(Z; Zbar, Zbar/N + VAR_FLOOR*dt/N), elementwise."""
     var = Zbar / N + VAR_FLOOR * dt / N
@@ -185,7 +190,7 @@ def losses(net, window: Window, Z, scheme):
         Zbar, lam = step.cohorts(h, Z_past)
         nll_Z[..., t] = gaussian_nll(Z[..., t], Zbar, net.N, w.dt)
         lam_obs, _, logP_obs = step.observed(h)
-        logp_y[..., t] = np.where(y[..., t] > 0, logP_obs, -lam_obs * w.dt)
+        logp_y[..., t] = log_p_observed(y[..., t], logP_obs, lam_obs, w.dt)
         step.advance(lam, y[..., t])
     n = w.B * w.M * w.T
     return -logp_y.sum() / n, nll_Z.sum() / n
