@@ -72,6 +72,21 @@ def timed(f, repeats):
     return float(np.median(walls)), float(min(walls)), first, float(np.median(cpus))
 
 
+def paired_ratio(f, g, repeats):
+    """Median over `repeats` pairs of wall(f) / wall(g), f and g called back to back in alternating
+    order after a warm-up call of each: the ratio of two codes under the same load."""
+    f(), g()
+    ratios = []
+    for r in range(repeats):
+        walls = {}
+        for name, h in ((("f", f), ("g", g)) if r % 2 == 0 else (("g", g), ("f", f))):
+            start = time.perf_counter()
+            h()
+            walls[name] = time.perf_counter() - start
+        ratios.append(walls["f"] / walls["g"])
+    return float(np.median(ratios))
+
+
 def window_of(path, seconds, dt=0.004, a_cutoff=1.0):
     from src import neulvm
     if seconds is None:
@@ -205,10 +220,11 @@ def main():
 
 
 def bins(args):
-    """Both schemes at 4 ms on the default window (same run), then the exact scheme at 2 and 1 ms
-    (the same 10 s of data, 1 s age cutoff: 4 and 16 times the grid), speed and peak memory; the
-    100 s window's peak at 4 ms; the loss at the true parameters with a 0.5 s age cutoff; the speed
-    with TensorFlow's oneDNN operations on (src/__init__ turns them off)."""
+    """Both schemes at 4 ms on the default window (same run, then alternating call by call), then
+    the exact scheme at 2 and 1 ms (the same 10 s of data, 1 s age cutoff: 4 and 16 times the
+    grid), speed and peak memory; the 100 s window's peak at 4 ms; the loss at the true parameters
+    with a 0.5 s age cutoff; the speed with TensorFlow's oneDNN operations on (src/__init__ turns
+    them off)."""
     make_long(args)
     print("peak resident memory of loss + gradient wrt theta, each in a fresh process:")
     for seconds, dt in [(0, dt) for dt in BINS] + [(T_SERIES[-1], 0.004)]:
@@ -231,11 +247,11 @@ def bins(args):
             loss[a_cutoff] = sum(MesoModel(window, window.net.theta, np.clip(window.Z_true, 1e-5, 1), SCHEME).losses())
         print(f"  dt = {dt * 1e3:g} ms: 1 s {loss[1.0]:.6f}, 0.5 s {loss[0.5]:.6f} (difference {loss[0.5] - loss[1.0]:+.2e}, "
               f"relative {(loss[0.5] - loss[1.0]) / abs(loss[1.0]):+.1e})")
-    medians = {}
+    medians, models = {}, {}
     for dt, scheme in [(0.004, "euler"), (0.004, "exact"), (0.002, "exact"), (0.001, "exact")]:
         window = window_of(DATASET, None, dt)
         Z = np.clip(window.Z_true, 1e-5, 1)
-        model = MesoModel(window, window.net.theta, Z, scheme)
+        model = models[dt, scheme] = MesoModel(window, window.net.theta, Z, scheme)
         for wrt in ("Z", "theta"):
             repeats = REPEATS if dt == 0.004 else REPEATS_LONG
             med, fastest, first, _ = timed(lambda: model.value_and_grad(wrt)[2].numpy(), repeats)
@@ -245,6 +261,12 @@ def bins(args):
             print(f"  dt = {dt * 1e3:g} ms (T={window.T}, K={window.K}) {scheme:5s} loss + gradient wrt {wrt:5s}: "
                   f"median {med * 1e3:7.1f} ms (min {fastest * 1e3:.1f}; first call {first:.1f} s)  {ratio}   "
                   f"load {load()}")
+        if (dt, scheme) == (0.004, "exact"):      # the two schemes again, alternating call by call
+            for wrt in ("Z", "theta"):
+                ratio = paired_ratio(lambda: models[0.004, "exact"].value_and_grad(wrt)[2].numpy(),
+                                     lambda: models[0.004, "euler"].value_and_grad(wrt)[2].numpy(), REPEATS)
+                print(f"  dt = 4 ms exact / euler wrt {wrt:5s}, alternating calls: median of {REPEATS} paired "
+                      f"ratios {ratio:.3f}   load {load()}")
 
 
 if __name__ == "__main__":
