@@ -175,7 +175,8 @@ def simulate(opt, argv):
     plot(base, sim, net, title, opt.smooth)
     save_json(base + ".json", {
         "run": folder, "final_loss": summary.final_loss, "theta": net.theta, "theta_names": summary.theta_names,
-        "fixed_parameters": source, "network": net.to_dict(), "seed": opt.seed, "options": dataclasses.asdict(opt), "scheme": scheme,
+        "fixed_parameters": source, "network": net.to_dict(), "seed": opt.seed, "options": dataclasses.asdict(opt),
+        "scheme": scheme,
         "dt": dt, "a_cutoff": a_cutoff, "command": f"python {PROG} {shlex.join(argv)}", "mean_rates_Hz": rates,
         "E_switch_times_s": switches,
         "versions": software_versions("matplotlib", "tensorflow")})

@@ -10,8 +10,6 @@ load average printed next to them since other processes share the cores; --out F
 with the configuration and the software versions, as JSON.
 """
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.bench_likelihood import load  # noqa: E402
+from bench.peers import write_record  # noqa: E402
+
 # defaults
 DATASET = ROOT / "dataset" / "3pop_noinput_small.npz"   # shipped 11 s recording: the default window
 PARTICLES = 1000        # particles per pass
@@ -28,10 +29,6 @@ REPEATS = 1             # timed passes of each (median reported)
 SEED = 0                # seed of the filter and of the free simulation
 SCHEME = "exact"        # integrator of model.md section 3.2
 OUT = None              # JSON record of the figures (none by default: the figures are printed)
-
-
-def load():
-    return os.popen("uptime").read().strip().split("load average:")[-1].strip()
 
 
 def timed(f, repeats):
@@ -70,14 +67,9 @@ def main(argv=None):
     print(f"ratio filter / free simulation: {t_smc / t_sim:.2f}   (load after: {load()})")
     if args.out is None:
         return
-    from src.cli import software_versions
-    record = {"particles": P, "T": window.T, "K": window.K, "B": window.B, "scheme": SCHEME,
+    write_record(args.out, {"particles": P, "T": window.T, "K": window.K, "B": window.B, "scheme": SCHEME,
                             "seed": args.seed, "smc_seconds": walls_smc, "free_simulation_seconds": walls_sim,
-                            "ratio": t_smc / t_sim, "log_p_hat": result.log_p_hat, "load_after": load(),
-              "versions": software_versions()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+                            "ratio": t_smc / t_sim, "log_p_hat": result.log_p_hat, "load_after": load()})
 
 
 if __name__ == "__main__":

@@ -113,9 +113,9 @@ class _AgeRows:
         self.F, self.q, self.ft, self.Z_full, self.K, self.n_ref, self.dt = F, q, ft, Z_full, K, n_ref, dt
         self.B, self.M, self.T = F.shape
         self.dtype = F.dtype
-        self.free = np.arange(K) >= max(n_ref, 1)                               # ages of V0 that enter V
+        self.free = np.arange(K) >= max(n_ref, 1)                       # ages of V0 that enter V
         self.t = tf.range(self.T, dtype=self.dtype)
-        self.F_pad = tf.pad(F, [[0, 0], [0, 0], [K - n_ref, n_ref]])                 # F_pad[c] = F(c - K + n_ref), 0 outside
+        self.F_pad = tf.pad(F, [[0, 0], [0, 0], [K - n_ref, n_ref]])        # F_pad[c] = F(c - K + n_ref), 0 outside
         self.V0_rev = tf.pad(tf.reverse(V0[..., :K] * self.free, [-1]), [[0, 0], [0, 0], [0, self.T]])  # V0(K-1-c)
         self.q_t1 = tf.pow(q, self.t + 1)                                    # (M, T)
 
@@ -130,7 +130,8 @@ class _AgeRows:
         """3.2-3.3: V of row k; L = lam*dt, E = exp(-L), P = 1 - E, and `live` where dL/dV = L."""
         V_ft = self.F - q_n * F_n + self.q_t1 * V0_k - self.ft
         live = tf.logical_and(k >= self.n_ref, V_ft <= LOG_HAZARD_MAX)
-        lam = tf.where(k < self.n_ref, tf.constant(HAZARD_FLOOR, self.dtype), tf.exp(tf.minimum(V_ft, LOG_HAZARD_MAX)))
+        lam = tf.where(k < self.n_ref, tf.constant(HAZARD_FLOOR, self.dtype),
+                       tf.exp(tf.minimum(V_ft, LOG_HAZARD_MAX)))
         L = self.dt * lam
         E = tf.exp(-L)
         # 1 - E is exact to 1e-16 in float64 (absolute, enough next to the other cohorts); float32 needs expm1
@@ -452,7 +453,7 @@ def _free_segment(params, state, I_ext, xi, U):
     q, g, amem, rp, ft, e_syn, N, W, eps, dt, n_ref = params
     V, S, Q, Z_past, Isyn, V_obs, obs_age, first = state
     dtype, K = V.dtype, V.shape[-1]
-    refractory = tf.range(K) < n_ref                                             # (K,)
+    refractory = tf.range(K) < n_ref                                         # (K,)
     zero = tf.zeros((), dtype)
 
     def shift_in(x, value):
@@ -477,7 +478,7 @@ def _free_segment(params, state, I_ext, xi, U):
         Lambda = tf.where(has_v, tf.reduce_sum(P * v, -1) / tf.where(has_v, sum_v, 1.0), zero)
         Zbar = tf.clip_by_value(tf.reduce_sum(P * m, -1) + Lambda * (1 - tf.reduce_sum(m, -1)), 0.0, 1.0)  # 3.6
         Z = tf.maximum(Zbar + tf.sqrt(Zbar / N[:, 0]) * xi[t], 0.0)                                     # (B, M)
-        refr_obs = obs_age < n_ref                                                  # observed neurons
+        refr_obs = obs_age < n_ref                                              # observed neurons
         V_obs = tf.where(refr_obs, zero, q * V_obs + drive)
         L_obs, E_obs = escape(V_obs, refr_obs)
         fired = U[t] < -tf.math.expm1(-L_obs)

@@ -102,11 +102,8 @@ def run(prog, main, argv=None, interrupted="interrupted"):
     except (ValueError, OSError) as err:          # UsageError, NoResult, unreadable or foreign files
         if "--debug" in argv:
             raise
-        if isinstance(err, NoResult):
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            return 1
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, NoResult) else 2
     except KeyboardInterrupt as err:
         print(f"{prog}: {str(err) or interrupted}", file=sys.stderr)
         return 130

@@ -166,8 +166,8 @@ def em(model, theta, Z, bounds, max_steps, m_options, e_options, done=(), check_
     m_options: keyword arguments of m_step (maxiter, method, grad); e_options: of e_step (lr, maxiters,
     itertol). done: the EM steps already complete (a resumed run), EM goes on at step len(done).
     Hooks, for saving and plots: check_stop() before every evaluation of the loss (it may raise
-    KeyboardInterrupt), on_phase(what) as a phase begins ("M-step 3"), on_m_step(e, theta, Z, info_M), on_e_iteration(e, i, Z, loss_y, loss_Z),
-    and on_em_step(step, Z) once EM step e is complete.
+    KeyboardInterrupt), on_phase(what) as a phase begins ("M-step 3"), on_m_step(e, theta, Z, info_M),
+    on_e_iteration(e, i, Z, loss_y, loss_Z), and on_em_step(step, Z) once EM step e is complete.
 
     Returns (theta, Z, steps): steps = done + one dict per new EM step: em_step, M (m_step's info),
     theta, loss_y, loss_Z, loss, E_steps, E_seconds, E_nonfinite, E_history (loss_y, loss_Z) per

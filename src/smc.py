@@ -55,6 +55,7 @@ window), and the ancestors, 8*T*B*P.
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
 from . import fast_np
 from .fast_np import VAR_FLOOR, BinStep, check_scheme
@@ -115,12 +116,6 @@ def draw_Z(Zbar, N, dt, xi, transition):
     raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
 
 
-def _log_sum_exp(x):
-    """log sum exp(x) along the last axis."""
-    m = x.max(-1, keepdims=True)
-    return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
-
-
 def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=fast_np.DEFAULT_SCHEME,
                     transition="density", resample_threshold=RESAMPLE_THRESHOLD):
     """One pass of the bootstrap filter over B independent batches (model.md sections 3 and 5).
@@ -167,8 +162,8 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
         lam_obs, _, logP_obs = step.observed(h)
         log_w = fast_np.log_p_observed(y_t, logP_obs, lam_obs, dt).sum((1, 2)).reshape(B, P)
         log_joint = log_W + log_w
-        log_increments[:, t] = _log_sum_exp(log_joint) - _log_sum_exp(log_W)    # exactly 0 if every w = 1
-        log_W = log_joint - _log_sum_exp(log_joint)[:, None]
+        log_increments[:, t] = logsumexp(log_joint, -1) - logsumexp(log_W, -1)    # exactly 0 if every w = 1
+        log_W = log_joint - logsumexp(log_joint, -1, keepdims=True)
         ess[:, t] = effective_sample_size(log_W)
         if t > 0:                    # E[Z(t-1) | y(..t)]: the particles still carry Z(t-1) as drawn
             filter_mean[..., t - 1] = np.einsum("bp,bpm->bm", np.exp(log_W), Z_past[..., 0].reshape(B, P, M))
