@@ -237,7 +237,7 @@ class MesoModel:
     `_losses` is the same computation as one plain differentiable function (eager use and tests).
     """
 
-    def __init__(self, window: Window, theta, Z, scheme, dtype=tf.float64):
+    def __init__(self, window: Window, theta, Z, scheme, dtype=tf.float64, batch_weights=None):
         w = self.window = window
         leak_step(scheme, 1.0, w.dt)                                         # ValueError for an unknown scheme
         self.scheme = scheme
@@ -268,6 +268,20 @@ class MesoModel:
         self._obs_refractory = tf.constant(age < n_ref)
         self._chunks, self._chunk_bins = time_chunks(T, K, TIME_CHUNKS)
         self._compiled = {}
+        # batch_weights (B,), summing to 1: the losses become sum_b w_b (sum of batch b) / (M*T), the mean
+        # over latent draws stacked as batches (the SMC E-step's M-step); None: every batch weighs 1/B
+        self._batch_weights = None if batch_weights is None else tf.Variable(np.zeros(w.B), dtype=self.dtype)
+        if batch_weights is not None:
+            self.set_batch_weights(batch_weights)
+
+    def set_batch_weights(self, weights):
+        """New batch weights (B,) >= 0 summing to 1, for a model built with batch_weights."""
+        weights = np.asarray(weights, float)
+        if self._batch_weights is None or weights.shape != (self.window.B,) or np.any(weights < 0) \
+                or abs(weights.sum() - 1) > 1e-9:
+            raise ValueError(f"batch weights must be {self.window.B} numbers >= 0 summing to 1, for a model "
+                             f"built with batch_weights; got {weights}")
+        self._batch_weights.assign(weights)
 
     # -- the model, as a pure function of (theta, Z) ------------------------------------------
     def _losses(self, theta, Z):
@@ -333,6 +347,10 @@ class MesoModel:
         logP_obs = _log_fire_probability(V_obs, ft_[None, :, None, :], self._obs_refractory, dt)
         logp_y = self._y * logP_obs - (1 - self._y) * lam_obs * dt
 
+        if self._batch_weights is not None:
+            n = tf.cast(M * T, self.dtype)
+            return (-tf.reduce_sum(self._batch_weights * tf.reduce_sum(logp_y, (1, 2, 3))) / n,
+                    tf.reduce_sum(self._batch_weights * tf.reduce_sum(nll_Z, (1, 2))) / n)
         n = tf.cast(B * M * T, self.dtype)
         return -tf.reduce_sum(logp_y) / n, tf.reduce_sum(nll_Z) / n
 

@@ -209,3 +209,121 @@ def em(model, theta, Z, bounds, max_steps, m_options, e_options, done=(), check_
     if no_improvement(steps):
         log(f"EM step {steps[-1]['em_step']} did not improve the loss: stop")
     return theta, Z, steps
+
+
+# -- Monte Carlo EM with a posterior E-step (issue 13) -------------------------------------------------
+SAEM_BURN_IN = 3     # EM steps with step size 1 (plain Monte Carlo EM: the M-step sees only the newest draws)
+SAEM_MEMORY = 4      # EM steps whose draws the M-step's objective keeps; older ones are dropped
+SAEM_TOL = 2e-3      # after the burn-in, stop when no parameter moved by more than this, relative, in an M-step
+SMOOTHING_LAG = 25   # bins of later observations every posterior marginal conditions on (smc.fixed_lag_marginals)
+
+
+def saem_step_size(e):
+    """gamma_e of the stochastic approximation Q_e = (1 - gamma_e) Q_{e-1} + gamma_e Q_hat_e: 1 for the
+    first SAEM_BURN_IN EM steps, then 1/(j + 1) for the j-th step after them (j = 1, 2, ...), the
+    averaging of Delyon, Lavielle & Moulines (1999) with exponent 1 (sum gamma = inf, sum gamma^2 < inf)."""
+    return 1.0 if e < SAEM_BURN_IN else 1.0 / (e - SAEM_BURN_IN + 2)
+
+
+class DrawMemory:
+    """The latent draws of the last SAEM_MEMORY E-steps with their weights c_e in Q_e (sum 1), laid out
+    as the batches of one MesoModel: slot j holds `draws` trajectories of B batches each. Truncating the
+    memory renormalises the weights of the steps kept (the weight dropped is at most
+    prod (1 - gamma) over SAEM_MEMORY steps, under 1/SAEM_MEMORY)."""
+
+    def __init__(self, Z_init, draws, memory=SAEM_MEMORY):
+        self.draws, self.memory = draws, memory
+        self.Z = [np.broadcast_to(Z_init, (draws,) + Z_init.shape).copy()]      # each (S, B, M, T)
+        self.c = [1.0]
+
+    def add(self, Z_draws, gamma):
+        self.c = [c * (1 - gamma) for c in self.c] + [gamma]
+        self.Z.append(np.asarray(Z_draws, float))
+        self.Z, self.c = self.Z[-self.memory:], self.c[-self.memory:]
+        total = sum(self.c)
+        self.c = [c / total for c in self.c]
+
+    def stacked(self):
+        """Z (memory * S * B, M, T) with empty slots repeating the oldest step at weight 0, and the batch
+        weights, c_e / (S * B) for every batch of step e."""
+        slots = [self.Z[0]] * (self.memory - len(self.Z)) + self.Z
+        c = [0.0] * (self.memory - len(self.c)) + self.c
+        S, B = self.Z[0].shape[:2]
+        return (np.concatenate([z.reshape((S * B,) + z.shape[2:]) for z in slots]),
+                np.repeat(np.asarray(c) / (S * B), S * B))
+
+
+def smc_e_step(theta, window, reference, particles, sweeps, seed, scheme, dtype, check_stop=lambda: None):
+    """The posterior E-step at theta: one pass of the plain particle filter, which gives log p_hat(y | theta)
+    (and the chain's start if reference is None), then `sweeps` sweeps of particle Gibbs with ancestor
+    sampling (src.smc.gibbs_sweep) from `reference`. seed: np.random.SeedSequence.
+
+    Returns (draws (sweeps, B, M, T), info): log_p_hat, the posterior mean and the 5/50/95% quantiles
+    of every Z(t) (smc.fixed_lag_marginals over the sweeps, lag SMOOTHING_LAG), seconds."""
+    from . import smc
+    start = time.time()
+    children = seed.spawn(1 + sweeps)
+    first_draw, plain = smc.gibbs_sweep(theta, window, None, particles, children[0], scheme, dtype=dtype)
+    reference = first_draw if reference is None else reference
+    draws, results = [], []
+    for child in children[1:]:
+        check_stop()
+        reference, result = smc.gibbs_sweep(theta, window, reference, particles, child, scheme, dtype=dtype)
+        draws.append(reference)
+        results.append(result)
+    mean, (q05, q50, q95) = smc.fixed_lag_marginals(results, SMOOTHING_LAG)
+    return np.stack(draws), {"log_p_hat": plain.log_p_hat, "mean": mean, "q05": q05, "q50": q50, "q95": q95,
+                             "seconds": time.time() - start}
+
+
+def saem(model, theta, memory, window, bounds, max_steps, m_options, smc_options, seed, done=(),
+         reference=None, check_stop=None, log=print, on_phase=None, on_m_step=None, on_em_step=None):
+    """Monte Carlo EM by stochastic approximation (SAEM; Delyon, Lavielle & Moulines 1999) with the
+    conditional particle filter as the simulation step (Lindsten 2013): in EM step e,
+        M-step  minimise Q_{e-1}(theta) = sum_j c_j mean_s loss(theta; Z_js), the weighted mean of the
+                losses of the draws in `memory` (DrawMemory), as one MesoModel with the draws as batches
+                and the weights as its batch weights (the gradient stays exact);
+        E-step  smc_e_step at the new theta: new draws, log p_hat(y | theta), the posterior marginals;
+                memory.add(draws, saem_step_size(e)).
+    Stops after max_steps EM steps, or after the burn-in once an M-step moves no parameter by more than
+    SAEM_TOL relative. model: MesoModel on the window repeated memory.memory * S times, built with
+    batch_weights. smc_options: particles, sweeps, scheme, dtype. seed: the run's seed; EM step e uses
+    np.random.SeedSequence([seed, e]). Hooks as in `em` (on_em_step(step, info_E, draws)).
+
+    Returns (theta, steps): steps = done + one dict per new EM step, as `em`'s with loss = -log p_hat /
+    (B*M*T) (the run with the lowest is the one whose parameters explain the spikes best) and log_p_hat."""
+    check_stop = check_stop or (lambda: None)
+    on_phase = on_phase or (lambda what: None)
+    steps = list(done)
+    n = window.B * window.M * window.T
+    for e in range(len(steps), max_steps):
+        if len(steps) > SAEM_BURN_IN and steps[-1]["max_relative_change"] < SAEM_TOL:
+            log(f"EM step {steps[-1]['em_step']}: no parameter moved by more than {SAEM_TOL} relative: stop")
+            break
+        # M-step on the weighted draws
+        on_phase(f"M-step {e}")
+        Z_stack, weights = memory.stacked()
+        model.set_batch_weights(weights)
+        theta_before = np.asarray(theta, float)
+        theta, info_M = m_step(model, theta, Z_stack, bounds, **m_options, on_eval=check_stop)
+        if on_m_step is not None:
+            on_m_step(e, theta, memory, info_M)
+        # E-step: draws from the posterior at the new theta
+        on_phase(f"E-step {e} (SMC)")
+        draws, info_E = smc_e_step(theta, window, reference, smc_options["particles"], smc_options["sweeps"],
+                                   np.random.SeedSequence([seed, e]), smc_options["scheme"], smc_options["dtype"],
+                                   check_stop)
+        reference = draws[-1]
+        gamma = saem_step_size(e)
+        memory.add(draws, gamma)
+        check_stop()
+        on_phase(f"the saving of EM step {e}")
+        steps.append({"em_step": e, "M": dict(info_M), "theta": theta, "loss_y": info_M["loss_y"],
+                      "loss_Z": info_M["loss_Z"], "loss": -info_E["log_p_hat"] / n, "log_p_hat": info_E["log_p_hat"],
+                      "gamma": gamma, "max_relative_change": float(np.max(np.abs(theta - theta_before) /
+                                                                         np.abs(theta_before))),
+                      "E_steps": smc_options["sweeps"], "E_seconds": info_E["seconds"], "E_nonfinite": None,
+                      "E_history": []})
+        if on_em_step is not None:
+            on_em_step(steps[-1], info_E, draws)
+    return theta, steps

@@ -55,10 +55,10 @@ window), and the ancestors, 8*T*B*P.
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import log_ndtr, logsumexp
 
 from . import fast_np
-from .fast_np import VAR_FLOOR, BinStep, check_scheme
+from .fast_np import LOG_2PI, VAR_FLOOR, BinStep, check_scheme
 from .window import Z_MAX, Z_MIN, Window
 
 TRANSITIONS = ("density", "free")          # see the module docstring
@@ -83,6 +83,22 @@ class FilterResult:
     scheme: str
 
 
+@dataclass(frozen=True)
+class Noise:
+    """Every random number of one pass, drawn before it (draw_noise), so that the numpy filter and the
+    compiled one (src/smc_compiled.py) consume the same numbers and a pass depends only on its seed."""
+    xi: np.ndarray            # (T, B, P, M) standard normals of the transition draws of Z(t)
+    u_resample: np.ndarray    # (T, B, P) uniforms: [..., 0] for systematic resampling, [..., :P-1] for
+                              # the conditional filter's multinomial resampling of the free particles
+    u_ancestor: np.ndarray    # (T, B) uniforms: the ancestor of the reference particle (conditional)
+
+
+def draw_noise(rng, T, B, P, M):
+    """Noise of one pass from rng, in this order: xi, u_resample, u_ancestor."""
+    return Noise(xi=rng.standard_normal((T, B, P, M)), u_resample=rng.random((T, B, P)),
+                 u_ancestor=rng.random((T, B)))
+
+
 def effective_sample_size(log_weights):
     """(sum w)^2 / sum w^2 along the last axis, from log weights (any normalisation)."""
     w = np.exp(log_weights - log_weights.max(-1, keepdims=True))
@@ -94,9 +110,15 @@ def systematic_resample(weights, u):
     the first index whose cumulative weight exceeds it. weights: (P,) normalised; u in [0, 1).
     Particle i is drawn floor(P w_i) or ceil(P w_i) times."""
     P = len(weights)
+    return inverse_cdf(weights, (u + np.arange(P)) / P)
+
+
+def inverse_cdf(weights, u):
+    """Index of each uniform u (any shape) under the normalised weights (P,): the number of cumulative
+    weights <= u, at most P-1. Multinomial resampling with i.i.d. u, systematic with u = (u0 + j)/P."""
     cumulative = np.cumsum(weights)
-    cumulative[-1] = 1.0                    # rounding: the last position (u + P - 1)/P < 1 must fall inside
-    return np.minimum(np.searchsorted(cumulative, (u + np.arange(P)) / P, side="right"), P - 1)
+    cumulative[-1] = 1.0                    # rounding: every u < 1 must fall inside
+    return np.minimum(np.searchsorted(cumulative, u, side="right"), len(weights) - 1)
 
 
 def transition_sd(Zbar, N, dt, transition):
@@ -116,15 +138,34 @@ def draw_Z(Zbar, N, dt, xi, transition):
     raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
 
 
+def log_transition(Z, Zbar, N, dt, transition):
+    """log density of Z(t) given Zbar under `transition` (draw_Z), elementwise: the Gaussian density
+    inside the box, and the log probability of the point mass where the draw is clipped (Z at Z_MIN or
+    Z_MAX for "density", Z = 0 for "free"). The ancestor weights of the conditional filter."""
+    Z, Zbar = np.broadcast_arrays(np.asarray(Z, float), np.asarray(Zbar, float))
+    sd = transition_sd(Zbar, N, dt, transition)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (Z - Zbar) / sd
+        log_density = -0.5 * (LOG_2PI + x ** 2) - np.log(sd)
+        if transition == "density":
+            return np.where(Z <= Z_MIN, log_ndtr((Z_MIN - Zbar) / sd),
+                            np.where(Z >= Z_MAX, log_ndtr((Zbar - Z_MAX) / sd), log_density))
+        # "free": Zbar = 0 gives Z = 0 with probability 1
+        at_zero = np.where(Zbar > 0, log_ndtr(-Zbar / np.where(Zbar > 0, sd, 1.0)), 0.0)
+        return np.where(Z <= 0, at_zero, np.where(Zbar > 0, log_density, -np.inf))
+
+
 def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=fast_np.DEFAULT_SCHEME,
-                    transition="density", resample_threshold=RESAMPLE_THRESHOLD):
-    """One pass of the bootstrap filter over B independent batches (model.md sections 3 and 5).
+                    transition="density", resample_threshold=RESAMPLE_THRESHOLD, reference=None):
+    """One pass of the bootstrap filter over B independent batches (model.md sections 3 and 5), or of
+    the conditional filter with ancestor sampling if `reference` is given (the module docstring).
 
     net: src.network.Network (its theta is used); A0: (B, M) initial rates (Hz), also the activity of
     the K history bins; y: (B, M, Nobs, T) observed spikes of the window bins (Nobs may be 0);
     I_ext: (B, M, T); obs_age0: (B, M, Nobs) age index of each observed neuron in the first bin;
-    particles: P; rng: np.random.Generator; resample_threshold: resample when ESS < it * P
-    (0: never). Returns a FilterResult.
+    particles: P; rng: np.random.Generator (its Noise is drawn first) or a Noise; resample_threshold:
+    resample when ESS < it * P (0: never); reference: None or (B, M, T), the trajectory that the last
+    particle, P-1, is held to. Returns a FilterResult.
     """
     check_scheme(scheme)
     if transition not in TRANSITIONS:
@@ -144,6 +185,12 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
     obs_age0 = np.asarray(obs_age0)
     if obs_age0.shape != (B, M, Nobs):
         raise ValueError(f"obs_age0 must have shape {(B, M, Nobs)}, got {obs_age0.shape}")
+    if reference is not None:
+        reference = np.asarray(reference, dtype=float)
+        if reference.shape != (B, M, T) or P < 2:
+            raise ValueError(f"reference must have shape {(B, M, T)} and particles >= 2, got "
+                             f"{reference.shape} and {P}")
+    noise = rng if isinstance(rng, Noise) else draw_noise(rng, T, B, P, M)
 
     rows = lambda a: np.repeat(a, P, axis=0)                         # noqa: E731  (B, ...) -> (B*P, ...)
     step = BinStep(net, dt, K, rows(A0), scheme, Nobs, rows(obs_age0))
@@ -169,10 +216,16 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
             filter_mean[..., t - 1] = np.einsum("bp,bpm->bm", np.exp(log_W), Z_past[..., 0].reshape(B, P, M))
         # resample the batches whose ESS is low
         low = np.flatnonzero(ess[:, t] < resample_threshold * P)
+        for b in low:
+            W_b = np.exp(log_W[b])
+            if reference is None:
+                ancestors[t, b] = systematic_resample(W_b, noise.u_resample[t, b, 0])
+            else:    # the free particles by multinomial resampling, the reference by ancestor sampling
+                ancestors[t, b, :P - 1] = inverse_cdf(W_b, noise.u_resample[t, b, :P - 1])
+                log_a = log_W[b] + log_transition(reference[b, :, t], Zbar[b * P:(b + 1) * P], net.N, dt,
+                                                  transition).sum(-1)
+                ancestors[t, b, P - 1] = inverse_cdf(np.exp(log_a - logsumexp(log_a)), noise.u_ancestor[t, b])
         if low.size:
-            u = rng.random(low.size)
-            for b, u_b in zip(low, u):
-                ancestors[t, b] = systematic_resample(np.exp(log_W[b]), u_b)
             log_W[low] = -np.log(P)
             resampled[low, t] = True
             take = (np.arange(B)[:, None] * P + ancestors[t]).reshape(-1)       # (B*P,) rows
@@ -180,7 +233,9 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
                 setattr(step, name, getattr(step, name)[take])
             Z_past, Zbar, lam = Z_past[take], Zbar[take], lam[take]
         # 3.7: draw Z(t), then the cohorts age and the observed neurons that fired are reset
-        Z_t = draw_Z(Zbar, net.N, dt, rng.standard_normal((B * P, M)), transition)   # (B*P, M)
+        Z_t = draw_Z(Zbar, net.N, dt, noise.xi[t].reshape(B * P, M), transition)   # (B*P, M)
+        if reference is not None:
+            Z_t[P - 1::P] = reference[..., t]
         Z[t] = Z_t.reshape(B, P, M)
         step.advance(lam, y_t)
         Z_past = np.concatenate([Z_t[..., None], Z_past[..., :-1]], -1)
@@ -192,23 +247,62 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
                         scheme=scheme)
 
 
-def filter_window(theta, window: Window, particles, seed, scheme=fast_np.DEFAULT_SCHEME, **options):
+def filter_window(theta, window: Window, particles, seed, scheme=fast_np.DEFAULT_SCHEME, compiled=True,
+                  **options):
     """The particle filter on a fitting window at theta (the flat (amem, J, rp, ft) of src/network.py),
     with the window's initial condition (A0, the observed neurons' ages) as fast_np.losses uses it.
-    seed: int or np.random.SeedSequence for np.random.default_rng. options: transition,
-    resample_threshold (particle_filter). Returns a FilterResult."""
+    seed: int or np.random.SeedSequence for np.random.default_rng; compiled: src/smc_compiled.py (True)
+    or this module's numpy reference. options: transition, resample_threshold, reference (for the
+    conditional filter), and dtype (compiled only). Returns a FilterResult."""
     theta = np.asarray(theta, dtype=float)
     if theta.shape != (4 * window.M,) or not np.all(np.isfinite(theta)):
         raise ValueError(f"theta must be {4 * window.M} finite numbers (amem, J, rp, ft), got {theta!r}")
+    if compiled:
+        from .smc_compiled import particle_filter as run
+    else:
+        run = particle_filter
     w = window
-    return particle_filter(w.net.with_theta(theta), w.dt, w.K, w.A0, w.y[..., w.K:], w.I_ext,
-                           w.obs_age[..., 0], particles, np.random.default_rng(seed), scheme, **options)
+    return run(w.net.with_theta(theta), w.dt, w.K, w.A0, w.y[..., w.K:], w.I_ext, w.obs_age[..., 0], particles,
+               np.random.default_rng(seed), scheme, **options)
 
 
 def log_likelihood(theta, window: Window, particles, seed, scheme=fast_np.DEFAULT_SCHEME, **options):
     """log p_hat(y | theta): the filter's estimate of the log marginal likelihood of the window's
     observed spikes (filter_window)."""
     return filter_window(theta, window, particles, seed, scheme, **options).log_p_hat
+
+
+def gibbs_sweep(theta, window: Window, reference, particles, seed, scheme=fast_np.DEFAULT_SCHEME, **options):
+    """One sweep of particle Gibbs with ancestor sampling: the conditional filter held to `reference`
+    (B, M, T) (None: the plain filter, to start a chain), then one trajectory per batch drawn from its
+    final weights and traced back. The trajectory is the chain's next state. seed: int or
+    np.random.SeedSequence (its first child draws the filter's Noise, the second the trajectory).
+    Returns (trajectory (B, M, T), FilterResult)."""
+    noise_seed, pick_seed = np.random.SeedSequence(seed).spawn(2) if not isinstance(
+        seed, np.random.SeedSequence) else seed.spawn(2)
+    result = filter_window(theta, window, particles, noise_seed, scheme, reference=reference, **options)
+    return draw_trajectories(result, 1, np.random.default_rng(pick_seed))[0], result
+
+
+def gibbs_chain(theta, window: Window, particles, draws, seed, scheme=fast_np.DEFAULT_SCHEME, reference=None,
+                burn_in=0, thin=1, **options):
+    """`draws` trajectories of the particle Gibbs chain with ancestor sampling at theta: from
+    `reference` (None: a draw of the plain filter), burn_in sweeps discarded, then one kept every
+    `thin` sweeps. Sweep k uses the child k of np.random.SeedSequence(seed). Returns (draws (S, B, M, T),
+    the FilterResults of the sweeps, in order)."""
+    children = np.random.SeedSequence(seed).spawn(1 + burn_in + draws * thin)
+    if reference is None:
+        reference, first = gibbs_sweep(theta, window, None, particles, children[0], scheme, **options)
+        results = [first]
+    else:
+        results = []
+    kept = []
+    for k, child in enumerate(children[1:]):
+        reference, result = gibbs_sweep(theta, window, reference, particles, child, scheme, **options)
+        results.append(result)
+        if k >= burn_in and (k - burn_in) % thin == thin - 1:
+            kept.append(reference)
+    return np.stack(kept), results
 
 
 def trace_paths(result: FilterResult, batch, final):
@@ -232,3 +326,48 @@ def draw_trajectories(result: FilterResult, S, rng):
         W = np.exp(result.log_weights[b])
         draws.append(trace_paths(result, b, rng.choice(P, size=S, p=W / W.sum())))
     return np.stack(draws, axis=1)
+
+
+
+def fixed_lag_marginals(results, lag, quantiles=(0.05, 0.5, 0.95)):
+    """Posterior marginals of each Z(t) by fixed-lag smoothing, from the genealogy of one or more
+    passes (FilterResults of the same window, each weighing the same: the sweeps of an E-step).
+
+    The particles right after a resampling in bin r are an equally weighted sample of the paths up to
+    bin r-1 given y(0..r); traced back, they give Z(t) | y(0..r). Each bin t takes the first resampling
+    r >= t + 1 + lag, or, if there is none, the final particles with their weights (Z(t) | y(0..T-1)).
+    So every marginal conditions on at least `lag` bins of later observations, and no bin is more
+    than about lag + (bins between resamplings) bins from the particles it is traced from, which keeps
+    the early bins out of the genealogy's degeneracy. The approximation ignores the observations after
+    that point.
+
+    Returns (mean (B, M, T), quantiles (len(quantiles), B, M, T)); a weighted quantile q is the smallest
+    value whose cumulative weight reaches q."""
+    T, B, P, M = results[0].Z.shape
+    values = np.zeros((B, T, M, len(results) * P))
+    weights = np.zeros((B, T, len(results) * P))
+    for j, r in enumerate(results):
+        cols = slice(j * P, (j + 1) * P)
+        for b in range(B):
+            sources = [(s, np.asarray(r.ancestors[s, b]), np.full(P, 1.0 / P))     # particles of bin s-1
+                       for s in np.flatnonzero(r.resampled[b]) if s >= 1 + lag]
+            sources.append((T, np.arange(P), np.exp(r.log_weights[b])))            # the final particles
+            t_lo = 0
+            for s, index, w in sources:
+                t_hi = min(s - 1 - lag, T - 1) if s < T else T - 1                  # bins taken from s
+                if t_hi < t_lo:
+                    continue
+                for u in range(s - 1, t_lo - 1, -1):
+                    if u <= t_hi:
+                        values[b, u, :, cols] = r.Z[u, b, index].T
+                        weights[b, u, cols] = w
+                    index = r.ancestors[u, b, index]
+                t_lo = t_hi + 1
+    weights /= weights.sum(-1, keepdims=True)
+    mean = np.einsum("btmn,btn->bmt", values, weights)
+    order = np.argsort(values, -1)
+    sorted_values = np.take_along_axis(values, order, -1)
+    cumulative = np.cumsum(np.take_along_axis(np.broadcast_to(weights[:, :, None], values.shape), order, -1), -1)
+    found = [np.minimum((cumulative < q - 1e-12).sum(-1), values.shape[-1] - 1) for q in quantiles]
+    return mean, np.stack([np.moveaxis(np.take_along_axis(sorted_values, i[..., None], -1)[..., 0], 1, -1)
+                           for i in found])

@@ -57,6 +57,13 @@ class Window:
     def M(self):
         return self.y.shape[1]
 
+    def repeated(self, n):
+        """This window's B batches n times over, (n*B) batches in that order: one copy per latent draw,
+        for a loss averaged over draws (the SMC E-step's M-step)."""
+        tile = lambda a: None if a is None else np.tile(a, (n,) + (1,) * (a.ndim - 1))  # noqa: E731
+        return Window(net=self.net, dt=self.dt, K=self.K, y=tile(self.y), I_ext=tile(self.I_ext),
+                      Z_true=tile(self.Z_true))
+
     @property
     def Nobs(self):
         return self.y.shape[2]

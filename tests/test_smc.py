@@ -135,7 +135,7 @@ def test_p_hat_is_unbiased_on_a_tiny_model():
     np.testing.assert_allclose(log_p_by_quadrature(tiny_window(), 30), log_exact, rtol=0, atol=1e-9)
     R, P = 4000, 8
     window = tiny_window(B=R)
-    result = smc.filter_window(window.net.theta, window, P, seed=1)
+    result = smc.filter_window(window.net.theta, window, P, seed=1, compiled=False)
     assert 0.1 < result.resampled[:, 2].mean() and 0.1 < result.resampled[:, 3].mean()
     ratio = np.exp(result.log_p_hat_batch - log_exact)                                  # p_hat / p, (R,)
     se = ratio.std(ddof=1) / np.sqrt(R)
@@ -153,7 +153,7 @@ def test_one_particle_log_weight_is_minus_loss_y(scheme, at_truth):
     the sum by the B*M*T population-bins). rtol 1e-12: the same terms summed in another order."""
     net, window, theta, _ = random_case(seed=3, B=2, Nobs=3, T=50, K=60, with_input=True)
     theta = net.theta if at_truth else theta
-    result = smc.filter_window(theta, window, 1, seed=4, scheme=scheme, resample_threshold=0.0)
+    result = smc.filter_window(theta, window, 1, seed=4, scheme=scheme, compiled=False, resample_threshold=0.0)
     Z = np.moveaxis(result.Z[:, :, 0], 0, -1)                                           # (B, M, T)
     assert Z.min() >= Z_MIN and Z.max() <= Z_MAX
     loss_y, _ = fast_np.losses(net.with_theta(theta), window, Z, scheme)
@@ -174,15 +174,10 @@ def test_traced_paths_replay_through_binstep():
     follow its particle through resampling, or if the ancestors are recorded wrongly. rtol 1e-10."""
     net, window, theta, _ = random_case(seed=8, B=1, Nobs=3, T=40, K=60, with_input=True)
     theta, P, seed = net.theta, 40, 9
-    result = smc.filter_window(theta, window, P, seed=seed)
+    result = smc.filter_window(theta, window, P, seed=seed, compiled=False)
     T = window.T
     assert 3 <= result.resampled.sum() <= T - 3, result.resampled.sum()
-    # the generator's draws, in the filter's order: a uniform per resampled batch, then the normals
-    rng = np.random.default_rng(seed)
-    xi = np.zeros((T, P, net.M))
-    for t in range(T):
-        rng.random(int(result.resampled[:, t].sum()))
-        xi[t] = rng.standard_normal((P, net.M))
+    xi = smc.draw_noise(np.random.default_rng(seed), T, 1, P, net.M).xi[:, 0]        # the filter's normals
     rows = np.zeros((T, P), int)                                # rows[t, i]: row of bin t on path i
     index = np.arange(P)
     for t in range(T - 1, -1, -1):
@@ -229,11 +224,11 @@ def test_transition_sd_is_the_density_of_loss_Z():
 # -- 4. reproducibility -----------------------------------------------------------------------------
 def test_same_seed_same_output_other_seed_other_output():
     net, window, theta, _ = random_case(seed=5, B=2, Nobs=3, T=30, K=40)
-    first, again = (smc.filter_window(theta, window, 50, seed=13) for _ in range(2))
+    first, again = (smc.filter_window(theta, window, 50, seed=13, compiled=False) for _ in range(2))
     for name in ("log_p_hat", "log_p_hat_batch", "log_increments", "ess", "resampled", "Z", "ancestors",
                  "log_weights", "filter_mean"):
         assert np.array_equal(getattr(first, name), getattr(again, name)), name
-    other = smc.filter_window(theta, window, 50, seed=14)
+    other = smc.filter_window(theta, window, 50, seed=14, compiled=False)
     assert other.log_p_hat != first.log_p_hat and not np.array_equal(other.Z, first.Z)
     rng_draws = [smc.draw_trajectories(first, 5, np.random.default_rng(s)) for s in (1, 1)]
     assert rng_draws[0].shape == (5, 2, net.M, window.T) and np.array_equal(*rng_draws)
