@@ -34,7 +34,8 @@ BOUNDED_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr", "Powell", "Nelder
 @dataclass
 class Options:
     # data
-    dataset: str = option("dataset/3pop_noinput_small.npz", "recording file (.npz written by `python -m src.microsim`)")
+    dataset: str = option("dataset/3pop_noinput_small.npz", "recording file (.npz written by `python -m src.microsim` "
+                                                            "or `python -m src.dataset import`)")
     trial_length: float = option(10.0, "length of the fitted window (s)")
     with_input: int = option(0, "1: the recording's external input enters the model; 0: none")
     t_perbatch: float = option(10.0, "length of each batch (s)")
@@ -50,7 +51,8 @@ class Options:
     # prior: initial parameters ~ Uniform(lb, ub) x centre, and the M-step's box
     lb: float = option(0.4, "lower bound of prior and box, x centre")
     ub: float = option(2.0, "upper bound of prior and box, x centre")
-    amem: str = option("", "prior centre of 1/tau_m (1/s), comma separated (default: the recording's truth)")
+    amem: str = option("", "prior centre of 1/tau_m (1/s), comma separated (default: the recording's truth; "
+                           "--amem, --J, --rp, --ft are required for a recording without ground truth)")
     J: str = option("", "prior centre of the couplings J_b, potential units x s (default: the recording's truth)")
     rp: str = option("", "prior centre of the resting potentials (units of 2.5 mV)")
     ft: str = option("", "prior centre of the firing thresholds (units of 2.5 mV)")
@@ -153,6 +155,10 @@ def check_data(opt, rec):
     if opt.N and [int(n) for n in parse_vector(opt.N, "N", opt.M)] != list(net.N):
         raise UsageError(f"--N {opt.N} does not match the population sizes {net.N.tolist()} of {opt.dataset} "
                          "(field 'N')")
+    missing = [f"--{name}" for name in ("amem", "J", "rp", "ft") if not getattr(opt, name)]
+    if not rec.has_truth and missing:
+        raise UsageError(f"{opt.dataset} has no ground truth (no true parameters): give the prior centre with "
+                         f"--amem, --J, --rp, --ft (missing: {', '.join(missing)})")
     centre = net.theta.reshape(4, net.M).copy()
     for row, name in enumerate(("amem", "J", "rp", "ft")):
         if getattr(opt, name):
@@ -248,9 +254,9 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         summary = RunSummary(
             options=asdict(opt), run_folder=folder, seed=opt.train_Noinit,
             dataset={"path": opt.dataset, "seed": rec.seed, "version": rec.version},
-            network=net.to_dict(),                # the recording's network: the fixed parameters and the truth
+            network=rec.network_record(),         # the recording's network: the fixed parameters and the truth
             theta_names=[f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(net.M)],
-            theta_true=net.theta, prior_centre=centre, theta_init=theta_init,
+            theta_true=rec.theta_true, prior_centre=centre, theta_init=theta_init,
             versions=software_versions("tensorflow"))
         summary.save(path("summary.json"))        # first, so --resume never reads an older run's
     else:
@@ -265,7 +271,8 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         log.info(f"resuming {folder} at EM step {len(summary.em_steps)} (scheme {opt.scheme})")
     progress["steps"] = summary.em_steps
     if resumed is None or not os.path.exists(path("init_param")):
-        save_arrays(path("init_param"), theta=theta_init, Z=Z_init, seed=opt.train_Noinit, theta_true=net.theta,
+        truth = {"theta_true": net.theta} if rec.has_truth else {}
+        save_arrays(path("init_param"), theta=theta_init, Z=Z_init, seed=opt.train_Noinit, **truth,
                     prior_centre=centre, **model_config)
     if not os.path.exists(path("init.png")):
         save_figure(path("init.png"), plot_activity, window, Z_init, opt.plot_act_smoothw * 1e-3,
@@ -321,7 +328,8 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
     summary.finished, summary.seconds = True, (summary.seconds or 0) + time.time() - start
     summary.save(path("summary.json"))
     log.info("done in %.1f s; final loss %.6f\n%s", time.time() - start, summary.final_loss, "\n".join(
-        f"  {n:7s} true {t:8.4f}  init {i:8.4f}  fit {f:8.4f}  rel.err {(f - t) / t:+.3f}"
+        f"  {n:7s} true {t:8.4f}  init {i:8.4f}  fit {f:8.4f}  rel.err {(f - t) / t:+.3f}" if rec.has_truth else
+        f"  {n:7s} init {i:8.4f}  fit {f:8.4f}  (no ground truth)"
         for n, t, i, f in zip(summary.theta_names, net.theta, summary.theta_init, summary.theta_final)))
     return summary
 

@@ -67,7 +67,7 @@ def parse(options_class, argv, prog, description, presets=None):
             parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=text)
         elif kind in (list, "list"):
             parser.add_argument(f"--{f.name}", type=f.metadata["items"], nargs="+", default=argparse.SUPPRESS,
-                                help=f"{text} {shown}")
+                                help=f"{text} {shown}", required=f.metadata.get("required", False))
         else:
             kind = {"int": int, "float": float, "str": str}.get(kind, kind)
             parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, help=f"{text} {shown}",

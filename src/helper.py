@@ -14,14 +14,17 @@ from .window import Z_MAX, Z_MIN, Window
 def bin_recording(rec, dt):
     """Bin a recording (src.dataset.Recording) at dt.
 
-    Returns Z (M, n_bins): fraction of each population firing in a bin, y (M, n_recorded, n_bins): 1 if a
-    recorded neuron fired in the bin, and I_ext (M, n_bins): the input averaged over the bin.
+    Returns Z (M, n_bins): fraction of each population firing in a bin (None for a recording without
+    ground truth), y (M, n_recorded, n_bins): 1 if a recorded neuron fired in the bin, and I_ext
+    (M, n_bins): the input averaged over the bin.
     """
     steps = _whole_multiple("dt", dt, rec.h, f"the recording step h = {rec.h:g} s (field 'h')")
-    n_bins = rec.pop_spike_counts.shape[1] // steps
+    n_bins = rec.spikes.shape[2] // steps
     cut = n_bins * steps
-    counts = rec.pop_spike_counts[:, :cut].reshape(rec.network.M, n_bins, steps).sum(-1)
-    Z = counts / rec.network.N[:, None]
+    Z = None
+    if rec.has_truth:
+        counts = rec.pop_spike_counts[:, :cut].reshape(rec.network.M, n_bins, steps).sum(-1)
+        Z = counts / rec.network.N[:, None]
     M, n_recorded = rec.spikes.shape[:2]
     y = rec.spikes[..., :cut].reshape(M, n_recorded, n_bins, steps).max(-1).astype(float)
     I_ext = rec.I_ext[:, :cut].reshape(M, n_bins, steps).mean(-1)
@@ -52,16 +55,16 @@ def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint
                          f"(field 'spikes'), got {Nsampled!r}")
     Z, y, I_ext = bin_recording(rec, dt)
     start = end - B * T
-    if start - K < 0 or end > Z.shape[1]:
+    if start - K < 0 or end > y.shape[2]:
         raise ValueError(f"the window {end_timepoint - trial_length - a_cutoff:g}..{end_timepoint:g} s "
                          f"(end_timepoint {end_timepoint:g} s, trial_length {trial_length:g} s after a_cutoff "
-                         f"{a_cutoff:g} s of history) must lie within the recording, 0..{Z.shape[1] * dt:g} s")
+                         f"{a_cutoff:g} s of history) must lie within the recording, 0..{y.shape[2] * dt:g} s")
     batches = [slice(start + b * T - K, start + (b + 1) * T) for b in range(B)]
     y_obs = np.stack([y[:, :Nsampled, s] for s in batches])                        # (B, M, Nobs, K+T)
     I_win = np.stack([I_ext[:, s][:, K:] for s in batches])                        # (B, M, T)
     if not with_input:
         I_win = np.zeros_like(I_win)
-    Z_true = np.stack([Z[:, s][:, K:] for s in batches])                           # (B, M, T)
+    Z_true = None if Z is None else np.stack([Z[:, s][:, K:] for s in batches])    # (B, M, T)
     return Window(net=rec.network, dt=dt, K=K, y=y_obs, I_ext=I_win, Z_true=Z_true)
 
 

@@ -70,6 +70,10 @@ TARGET_SWITCH_DIFF = 0.2
 N_SHIFTS = 200               # circular shifts for GPFA's chance level
 GPFA = "GPFA, best linear map"   # the name of GPFA's estimate in the latent measures
 NETWORK, FITTED, TRUE_MODEL = "microscopic network", "fitted model", "true-parameter model"
+NEEDS_TRUTH = {          # the sections that a recording without ground truth (src.dataset) cannot have
+    "1. Latent inference": "the true population activity of the fitted window",
+    "3. Metastable dynamics": "the true parameters, to simulate the microscopic network",
+    "4. Generalisation to stimulation": "the true parameters, to simulate the microscopic network"}
 FIGURES = {"latent": "report_latent.png", "dominance": "report_dominance.png", "traces": "report_traces.png",
            "stimulation": "report_stimulation.png"}
 
@@ -176,10 +180,12 @@ def measure_latent(Z_true, Z_init, Z_runs, y_obs, dt, K, gpfa_iters, gpfa_restar
 def measure_parameters(runs):
     """Claim 2: {run: final_loss, em_steps (how many complete), train_Noinit, finished, and
     parameters: [{name, true, initial, fitted, rel_error = (fitted - true) / true}]} of each
-    src.results.RunSummary in runs {name: summary}, in the order given."""
+    src.results.RunSummary in runs {name: summary}, in the order given; true and rel_error are None
+    for a recording without ground truth."""
     def rows(s):
-        return [{"name": n, "true": t, "initial": i, "fitted": f, "rel_error": (f - t) / t}
-                for n, t, i, f in zip(s.theta_names, s.theta_true, s.theta_init, s.theta_final)]
+        truth = s.theta_true if s.theta_true is not None else [None] * len(s.theta_names)
+        return [{"name": n, "true": t, "initial": i, "fitted": f, "rel_error": None if t is None else (f - t) / t}
+                for n, t, i, f in zip(s.theta_names, truth, s.theta_init, s.theta_final)]
     return {name: {"final_loss": s.final_loss, "em_steps": len(s.em_steps), "train_Noinit": s.seed,
                    "finished": bool(s.finished), "parameters": rows(s)}
             for name, s in runs.items()}
@@ -471,7 +477,13 @@ class Context:
 
 def render_markdown(ctx, latent, parameters, metastability, stimulation):
     """The text of report.md: the measures (measure_latent, measure_parameters, measure_metastability,
-    measure_stimulation) with the context ctx (Context) they were made in."""
+    measure_stimulation) with the context ctx (Context) they were made in. Without ground truth
+    (latent, metastability and stimulation None) the sections of NEEDS_TRUTH say what they need."""
+    if latent is None:
+        missing = [f"## {section}\n\nNot measured: it needs {what}, which only a simulated recording has "
+                   "(`python -m src.microsim`); this one has no ground truth.\n" for section, what in NEEDS_TRUTH.items()]
+        return "\n".join(_header(ctx) + missing[:1] + _parameters_section(parameters, ctx.best) + missing[1:]
+                         + _reproducibility_section(ctx))
     from .plots import population_names
     opt, best, s = ctx.options, ctx.best, ctx.runs[ctx.best]
     o, dt = s.options, s.dt
@@ -481,17 +493,8 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
     r_neulvm = [x[0] for x in scores["neuLVM"]]
     fractions = stimulation["fractions"]
     n_pieces = int(round(opt.duration / opt.segment))
-    md = []
+    md = _header(ctx)
     w = md.append
-    w(f"# neuLVM replication report: {ctx.folder}\n")
-    if opt.quick:
-        w("**QUICK MODE** (`--quick`): short simulations and few trials; the numbers below show that the "
-          "pipeline runs, they do not measure the claims.\n")
-    w(f"Best run **{best}** (lowest final loss {s.final_loss:.6f} of {len(ctx.runs)} complete runs: "
-      f"{', '.join(ctx.runs)}), fitted to {o['trial_length']:g} s ending at {o['end_timepoint']:g} s of "
-      f"`{ctx.dataset}` (seed {ctx.recording_seed}), {o['Nsampled']} observed neurons per population, "
-      f"dt = {dt * 1e3:g} ms, scheme {s.scheme}, age cutoff {s.a_cutoff:g} s (free simulations use the "
-      f"same). Report made in {ctx.timings['total']:.0f} s.\n")
 
     w("## Targets\n")
     w("| target | measured | result |\n|---|---|---|")
@@ -549,18 +552,7 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
         w(f"| {name} | {ctx.runs[name].final_loss:.6f} | " + " | ".join(_fmt(x) for x in r) + " |")
     w("")
 
-    w("## 2. Parameters\n")
-    w("Relative error = (fit - true) / true. Units: amem 1/s, J potential units x s, rp and ft potential "
-      "units (2.5 mV).\n")
-    for name, p in parameters.items():
-        w(f"**{name}**{' (best)' if name == best else ''}: final loss {p['final_loss']:.6f}, "
-          f"{p['em_steps']} EM steps, train_Noinit {p['train_Noinit']}"
-          f"{'' if p['finished'] else ', did not finish (last complete EM step)'}\n")
-        w("| parameter | true | initial | fitted | rel. error |\n|---|---|---|---|---|")
-        for q in p["parameters"]:
-            w(f"| {q['name']} | {q['true']:.4g} | {q['initial']:.4g} | {q['fitted']:.4g} | "
-              f"{q['rel_error']:+.3f} |")
-        w("")
+    md += _parameters_section(parameters, best)
 
     w("## 3. Metastable dynamics\n")
     w(f"{opt.duration:g} s of each: the microscopic network (seed {opt.seed}, not the training data's "
@@ -612,9 +604,56 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
     else:
         w("No amplitude could be evaluated (no trial had E1 winning before the step).\n")
 
+    md += _reproducibility_section(ctx)
+    return "\n".join(md)
+
+
+def _header(ctx):
+    """The first lines of report.md: what was fitted to what."""
+    opt, best, s = ctx.options, ctx.best, ctx.runs[ctx.best]
+    o, dt = s.options, s.dt
+    md = []
+    w = md.append
+    w(f"# neuLVM replication report: {ctx.folder}\n")
+    if opt.quick:
+        w("**QUICK MODE** (`--quick`): short simulations and few trials; the numbers below show that the "
+          "pipeline runs, they do not measure the claims.\n")
+    seed = "no ground truth" if ctx.recording_seed is None else f"seed {ctx.recording_seed}"
+    w(f"Best run **{best}** (lowest final loss {s.final_loss:.6f} of {len(ctx.runs)} complete runs: "
+      f"{', '.join(ctx.runs)}), fitted to {o['trial_length']:g} s ending at {o['end_timepoint']:g} s of "
+      f"`{ctx.dataset}` ({seed}), {o['Nsampled']} observed neurons per population, "
+      f"dt = {dt * 1e3:g} ms, scheme {s.scheme}, age cutoff {s.a_cutoff:g} s (free simulations use the "
+      f"same). Report made in {ctx.timings['total']:.0f} s.\n")
+    return md
+
+
+def _parameters_section(parameters, best):
+    """Section 2 of report.md: the parameters of every run (measure_parameters)."""
+    md = []
+    w = md.append
+    w("## 2. Parameters\n")
+    w("Relative error = (fit - true) / true. Units: amem 1/s, J potential units x s, rp and ft potential "
+      "units (2.5 mV).\n")
+    for name, p in parameters.items():
+        w(f"**{name}**{' (best)' if name == best else ''}: final loss {p['final_loss']:.6f}, "
+          f"{p['em_steps']} EM steps, train_Noinit {p['train_Noinit']}"
+          f"{'' if p['finished'] else ', did not finish (last complete EM step)'}\n")
+        w("| parameter | true | initial | fitted | rel. error |\n|---|---|---|---|---|")
+        for q in p["parameters"]:
+            true, error = ("n/a", "n/a") if q["true"] is None else (f"{q['true']:.4g}", f"{q['rel_error']:+.3f}")
+            w(f"| {q['name']} | {true} | {q['initial']:.4g} | {q['fitted']:.4g} | {error} |")
+        w("")
+    return md
+
+
+def _reproducibility_section(ctx):
+    """Section 5 of report.md: command, options, seeds, versions and timings."""
+    s = ctx.runs[ctx.best]
+    md = []
+    w = md.append
     w("## 5. Reproducibility\n")
     w(f"Command: `{PROG} {shlex.join(ctx.argv)}` (run from `{ctx.cwd}`)\n")
-    w("Options: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(opt).items()) + "\n")
+    w("Options: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(ctx.options).items()) + "\n")
     w("| seed of | value |\n|---|---|")
     for k, v in ctx.seeds.items():
         w(f"| {k} | {v} |")
@@ -625,17 +664,23 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
     for k, v in ctx.timings.items():
         w(f"| {k} | {v:.1f} |")
     w("")
-    return "\n".join(md)
+    return md
 
 
 def report_numbers(ctx, latent, parameters, metastability, stimulation):
-    """The content of report.json: the numbers of report.md, machine-readable (NaN as null)."""
-    s, scores, gpfa_fits = ctx.runs[ctx.best], latent["scores"], latent["gpfa_fits"]
+    """The content of report.json: the numbers of report.md, machine-readable (NaN as null). Without
+    ground truth (latent None) the parameters, and what was not measured (NEEDS_TRUTH)."""
+    s = ctx.runs[ctx.best]
+    common = {"best_run": ctx.best, "runs": list(ctx.runs), "options": dataclasses.asdict(ctx.options),
+              "model": {"scheme": s.scheme, "dt": s.dt, "a_cutoff": s.a_cutoff},
+              "command": [*PROG.split(), *ctx.argv]}
+    if latent is None:
+        return _no_nan({**common, "not_measured_without_ground_truth": NEEDS_TRUTH, "parameters": parameters,
+                        "seeds": ctx.seeds, "versions": ctx.versions, "seconds": ctx.timings})
+    scores, gpfa_fits = latent["scores"], latent["gpfa_fits"]
     dwell, ks = metastability["dwell"], metastability["ks"]
     return _no_nan({
-        "best_run": ctx.best, "runs": list(ctx.runs), "options": dataclasses.asdict(ctx.options),
-        "model": {"scheme": s.scheme, "dt": s.dt, "a_cutoff": s.a_cutoff},
-        "command": [*PROG.split(), *ctx.argv],
+        **common,
         "targets": {"neulvm_beats_init": latent["beats_init"], "neulvm_beats_gpfa": latent["beats_gpfa"],
                     "mean_dominance_within_factor": metastability["dominance_ok"],
                     "switch_fraction_within": stimulation["switch_ok"]},
@@ -739,7 +784,7 @@ def make_report(opt, argv):
     if opt.seed == rec.seed:
         raise UsageError(f"--seed {opt.seed} is the seed of the training data {dataset}; choose another")
     net_true = rec.network
-    if not np.allclose(net_true.theta, s.theta_true):
+    if (s.theta_true is None) == rec.has_truth or (rec.has_truth and not np.allclose(net_true.theta, s.theta_true)):
         raise UsageError(f"{dataset} is not the recording {best} was fitted to (its true theta differs)")
     net_fit = s.fitted_network()
     scheme, dt = s.scheme, s.dt
@@ -750,6 +795,23 @@ def make_report(opt, argv):
     seeds = evaluation_seeds(opt.seed, opt.search_steps)
     use_one_tf_thread()
     log(f"best run {best} of {len(runs)} (final loss {s.final_loss:.6f}); data {dataset}")
+
+    def finish(measures, seeds_used):
+        """Write report.json and report.md of measures (latent, parameters, metastability, stimulation)."""
+        timings["total"] = time.time() - start
+        versions = software_versions("matplotlib", "tensorflow", "elephant", "neo", "quantities", "sklearn")
+        ctx = Context(folder=folder, runs=runs, options=opt, dataset=dataset, recording_seed=rec.seed,
+                      argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings)
+        save_json(os.path.join(folder, "report.json"), report_numbers(ctx, *measures))
+        path = os.path.join(folder, "report.md")
+        save_text(path, render_markdown(ctx, *measures))
+        log(f"wrote {path}")
+        return 0
+
+    if not rec.has_truth:          # an imported recording (src.dataset): only what needs no truth
+        log(f"{dataset} has no ground truth: {'; '.join(NEEDS_TRUTH)} need a simulated recording, not measured")
+        return finish((None, measure_parameters(runs), None, None),
+                      {"initial parameters of each run (train_Noinit)": {n: r.seed for n, r in runs.items()}})
 
     # ---------------------------------------------------------------- 1. latent inference, 2. parameters
     t0 = time.time()
@@ -789,16 +851,7 @@ def make_report(opt, argv):
     log("stimulation done")
 
     # ---------------------------------------------------------------- write
-    timings["total"] = time.time() - start
-    versions = software_versions("matplotlib", "tensorflow", "elephant", "neo", "quantities", "sklearn")
-    ctx = Context(folder=folder, runs=runs, options=opt, dataset=dataset, recording_seed=rec.seed,
-                  argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings)
-    measures = (latent, parameters, metastability, stimulation)
-    save_json(os.path.join(folder, "report.json"), report_numbers(ctx, *measures))
-    path = os.path.join(folder, "report.md")
-    save_text(path, render_markdown(ctx, *measures))
-    log(f"wrote {path}")
-    return 0
+    return finish((latent, parameters, metastability, stimulation), seeds_used)
 
 
 def main(argv=None):

@@ -233,7 +233,7 @@ class RunSummary:
     dataset: dict                 # path, seed and format version of the recording fitted
     network: dict                 # src.network.Network.to_dict() of the recording: fixed parameters, true theta
     theta_names: list             # amem_1 ... ft_M, the order of every theta
-    theta_true: list
+    theta_true: list              # None for a recording without ground truth (src.dataset)
     prior_centre: list
     theta_init: list
     versions: dict                # software versions of the training (src.cli.software_versions)
@@ -259,6 +259,8 @@ class RunSummary:
         """The summary in path, of this format or the one before; ResultFileError naming the file if it
         is neither, or if its theta vectors are not finite numbers of one length."""
         data = load_json(path)
+        if isinstance(data, dict) and "theta_names" in data:
+            data.setdefault("theta_true", None)        # not written for a recording without ground truth
         required = [f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         missing = [k for k in required if k not in data] if isinstance(data, dict) else required
@@ -311,16 +313,24 @@ class RunSummary:
         return float(self.options["a_cutoff"])
 
     def true_network(self):
-        """The recording's network (src.network.Network), as stored with the fit."""
-        from .network import Network
-        try:
-            return Network(**self.network)
-        except (TypeError, ValueError) as err:
-            raise ResultFileError(f"{self.path}: field 'network' is not a network ({err})") from None
+        """The recording's network (src.network.Network), as stored with the fit. ResultFileError for a
+        recording without ground truth (its network has no true amem, J, rp, ft)."""
+        if self.theta_true is None:
+            raise ResultFileError(f"{self.path}: the recording of this run has no ground truth (no theta_true)")
+        return self._network(self.network)
 
     def fitted_network(self):
-        """The recording's network with the fitted theta: the model the fit found. ResultFileError if
-        the run has no complete EM step yet."""
+        """The recording's fixed parameters with the fitted theta: the model the fit found.
+        ResultFileError if the run has no complete EM step yet."""
         if self.theta_final is None:
             raise ResultFileError(f"{self.path}: the run has no complete EM step yet (no theta_final)")
-        return self.true_network().with_theta(self.theta_final)
+        M = len(self.theta_final) // 4
+        fitted = dict(zip(("amem", "J", "rp", "ft"), np.reshape(np.asarray(self.theta_final, float), (4, M))))
+        return self._network({**self.network, **fitted})
+
+    def _network(self, values):
+        from .network import Network
+        try:
+            return Network(**values)
+        except (TypeError, ValueError) as err:
+            raise ResultFileError(f"{self.path}: field 'network' is not a network ({err})") from None

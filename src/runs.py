@@ -120,13 +120,18 @@ def best_run(folder):
 
 
 def parameter_table(runs):
-    """Text table: true, initial, fitted theta and relative error of each run."""
+    """Text table: true, initial, fitted theta and relative error of each run (true and error n/a for a
+    recording without ground truth)."""
     lines = []
     for name, s in runs.items():
         lines.append(f"{name}: final loss {s.final_loss:.6f}, EM steps {len(s.em_steps)}")
         lines.append(f"  {'param':8s} {'true':>9s} {'init':>9s} {'fit':>9s} {'rel.err':>8s}")
-        for n, t, i, f in zip(s.theta_names, s.theta_true, s.theta_init, s.theta_final):
-            lines.append(f"  {n:8s} {t:9.4f} {i:9.4f} {f:9.4f} {(f - t) / t:+8.3f}")
+        truth = s.theta_true if s.theta_true is not None else [None] * len(s.theta_names)
+        for n, t, i, f in zip(s.theta_names, truth, s.theta_init, s.theta_final):
+            if t is None:
+                lines.append(f"  {n:8s} {'n/a':>9s} {i:9.4f} {f:9.4f} {'n/a':>8s}")
+            else:
+                lines.append(f"  {n:8s} {t:9.4f} {i:9.4f} {f:9.4f} {(f - t) / t:+8.3f}")
     return "\n".join(lines)
 
 

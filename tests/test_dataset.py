@@ -83,6 +83,8 @@ def corrupt(path, **changes):
     (dict(pop_spike_counts=np.full((3, 500), -1, np.int32)), "pop_spike_counts"),
     (dict(pop_spike_counts=np.zeros((2, 500), np.int32)), "pop_spike_counts"),
     (dict(pop_spike_counts=np.zeros((3, 500), np.int32)), "spikes"),  # more recorded spikes than counted
+    (dict(pop_spike_counts=None), "pop_spike_counts"),  # part of the ground truth: all of it or none
+    (dict(J=None, amem=None), "amem"),
     (dict(I_ext=np.full((3, 500), np.nan)), "I_ext"),
     (dict(amem=np.array([50.0, np.nan, 50.0])), "amem"),
     (dict(N=np.array([400.0, 400.0, 200.0])), "N"),
