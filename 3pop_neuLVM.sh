@@ -24,16 +24,51 @@ folder="${save_dir}data11"
 mkdir -p "$folder"
 threads=1   # one intra-op thread per run is fastest here (src/LIFmesoCell.py)
 
+# While the runs work: the EM step each has reached, from the lines train_meso.py writes as it goes
+# ("M-step e: ...", "E-step e: ...", "done in ..."), on one updating line in a terminal, otherwise as a
+# line whenever it changes (at most every $every s).
+every=30
+status_line() {
+  local line="" i text
+  for i in "${names[@]}"; do
+    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|done in|resuming)' "$folder/train${i}.out" 2>/dev/null | tail -n 1)
+    case "$text" in
+      *" done in "*) text="done" ;;
+      *" M-step "*) text="EM step $(echo "$text" | sed -E 's/.* M-step ([0-9]+):.*/\1/') (E-step)" ;;
+      *" E-step "*) text="EM step $(( $(echo "$text" | sed -E 's/.* E-step ([0-9]+):.*/\1/') + 1 )) (M-step)" ;;
+      *" resuming "*) text="EM step $(echo "$text" | sed -E 's/.* at EM step ([0-9]+).*/\1/') (resumed)" ;;
+      *) text="starting" ;;
+    esac
+    line="$line${line:+, }run $i: $text"
+  done
+  echo "$line"
+}
+shown="" shown_at=0
+show_status() {   # show_status [final]
+  local line now
+  [ ${#names[@]} -gt 0 ] || return 0
+  line=$(status_line); now=$(date +%s)
+  if [ -t 1 ]; then
+    printf '\r\033[K%s' "$line"
+    [ "${1:-}" = final ] && printf '\r\033[K'
+  elif [ "$line" != "$shown" ] && { [ $((now - shown_at)) -ge $every ] || [ "${1:-}" = final ]; }; then
+    echo "$(date +%H:%M:%S) $line"; shown="$line"; shown_at=$now
+  fi
+}
+
 failed=0
 pids=()
 names=()
 for i in $runs; do
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do show_status; sleep 1; done
   log="$folder/train${i}.out"
+  [ -t 1 ] && printf '\r\033[K'
   echo "run $i -> $log"
   python train_meso.py --train_Noinit "$i" --SAVE_DIR "$save_dir" --threads "$threads" "$@" > "$log" 2>&1 &
   pids+=($!); names+=("$i")
 done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do show_status; sleep 1; done
+show_status final
 for k in "${!pids[@]}"; do
   if ! wait "${pids[$k]}"; then
     echo "run ${names[$k]} FAILED: see $folder/train${names[$k]}.out" >&2

@@ -174,3 +174,59 @@ def _save_report_figure(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=REPORT_DPI)
     plt.close(fig)
+
+
+# -- the figures of a sweep (python -m src.sweep summarize) -----------------------------------------
+PARAMETER_GROUPS = ("amem", "J", "rp", "ft")
+SWEEP_KEYS = ("dataset", "end_timepoint", "Nsampled", "scheme", "estep")   # the grid cell of a fit
+
+
+def plot_errors_against(path, cells, axis, theta_names):
+    """Relative parameter errors of the best restart of each grid cell against one grid axis
+    (end_timepoint or Nsampled): a panel per parameter group, a colour per population, a line per
+    setting of the other axes; with several cells per value (e.g. windows, against Nsampled) the
+    points of each and the line through their medians."""
+    others = [k for k in SWEEP_KEYS if k != axis]
+    variants = sorted({tuple(c[k] for k in others) for c in cells}, key=str)
+    M = len(theta_names) // 4
+    names = population_names(M)
+    markers = "osD^v<>"
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharex=True)
+    for g, group in enumerate(PARAMETER_GROUPS):
+        ax = axes[g]
+        for v, variant in enumerate(variants):
+            mine = [c for c in cells if tuple(c[k] for k in others) == variant]
+            xs = sorted({c[axis] for c in mine})
+            for a in range(M):
+                key = f"err_{group}_{a + 1}"
+                points = [(c[axis], 100 * c[key]) for c in mine]
+                ax.plot(*zip(*points), markers[v % len(markers)], color=f"C{a}", alpha=0.4, ms=4)
+                medians = [np.median([y for x, y in points if x == x0]) for x0 in xs]
+                label = names[a] + (f", {' '.join(map(str, variant))}" if len(variants) > 1 else "")
+                ax.plot(xs, medians, "-" + markers[v % len(markers)], color=f"C{a}", lw=1, ms=5, label=label)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_title(group)
+        ax.set_xlabel({"end_timepoint": "end of the window (s)", "Nsampled": "observed neurons per population"}
+                      .get(axis, axis))
+        if axis == "Nsampled":
+            ax.set_xscale("log")
+    axes[0].set_ylabel("(fitted - true) / true (%), best restart")
+    axes[-1].legend(fontsize=7)
+    _save_report_figure(fig, path)
+
+
+def plot_window_spread(path, groups, theta_names):
+    """Fitted / true of every parameter across the windows of each setting (a box per parameter,
+    the best restart of each window as points); groups: {setting: [cells differing only in window]}."""
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups)), squeeze=False)
+    for ax, (setting, cells) in zip(axes[:, 0], sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        ratios = [[1 + c[f"err_{n}"] for c in cells] for n in theta_names]
+        ax.boxplot(ratios, showfliers=False)
+        for j, values in enumerate(ratios):
+            ax.plot(np.full(len(values), j + 1.0), values, "o", color="C0", alpha=0.5, ms=3)
+        ax.axhline(1, color="0.5", lw=0.8, ls="--")
+        ax.set_xticks(range(1, len(theta_names) + 1), theta_names)
+        ax.set_ylabel("fitted / true")
+        ax.set_title(f"{', '.join(map(str, setting))}: {len(cells)} windows, best restart of each")
+    _save_report_figure(fig, path)
