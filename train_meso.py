@@ -68,6 +68,10 @@ class Options:
     method: str = option("L-BFGS-B", "scipy.optimize.minimize method of the M-step (bounded)")
     mstep_grad: str = option("exact", "exact: TensorFlow autodiff gradient; numeric: finite differences of the "
                                       "numpy reference, as the original")
+    estep: str = option("map", "E-step: map (the paper's point estimate of the latent, by Adam) or smc (draws "
+                               "from its posterior by particle Gibbs; Monte Carlo EM by stochastic approximation)")
+    particles: int = option(500, "--estep smc: particles of the particle filter")
+    draws: int = option(2, "--estep smc: posterior draws (particle Gibbs sweeps) per EM step")
     SAVE_DIR: str = option("result/3pop example/", "result folder")
     plot_act_smoothw: float = option(4.0, "s.d. of the smoothing of the activity plots (ms)")
     LOG_PER: int = option(100, "an activity plot every LOG_PER E-step iterations")
@@ -108,6 +112,9 @@ def parse_options(argv=None):
         (opt.method in BOUNDED_METHODS, f"--method must be one of {', '.join(BOUNDED_METHODS)}, got {opt.method!r}"),
         (opt.scheme in SCHEMES, f"--scheme must be one of {', '.join(SCHEMES)}, got {opt.scheme!r}"),
         (opt.mstep_grad in ("exact", "numeric"), f"--mstep_grad must be exact or numeric, got {opt.mstep_grad!r}"),
+        (opt.estep in ("map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
+        (opt.particles >= 2, f"--particles must be >= 2, got {opt.particles}"),
+        (opt.draws >= 1, f"--draws must be >= 1, got {opt.draws}"),
         (opt.with_input in (0, 1), f"--with_input must be 0 or 1, got {opt.with_input}"),
         (opt.LOG_PER >= 1, f"--LOG_PER must be >= 1, got {opt.LOG_PER}"),
         (opt.threads >= 0, f"--threads must be >= 0, got {opt.threads}"),
@@ -278,6 +285,10 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         save_figure(path("init.png"), plot_activity, window, Z_init, opt.plot_act_smoothw * 1e-3,
                     "data-driven initial estimate")
 
+    if opt.estep == "smc":
+        return train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, progress, bounds,
+                         model_config)
+
     # -- the model ---------------------------------------------------------------------------------
     check_stop()
     model = MesoModel(window, theta, Z, opt.scheme)
@@ -302,15 +313,7 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         save_arrays(path(f"E{e}_est_param"), theta=step["theta"], Z=Z, loss_y=loss_y, loss_Z=loss_Z, **model_config)
         log.info(f"E-step {e}: loss {loss_y + loss_Z:.6f} (y {loss_y:.6f}, Z {loss_Z:.6f}) "
                  f"{step['E_steps']} steps {step['E_seconds']:.1f} s")
-        m_point = (len(summary.e_history), step["M"]["loss_y"], step["M"]["loss_Z"])
-        record = {k: v for k, v in step.items() if k != "E_history"}
-        new = dataclasses.replace(summary, em_steps=summary.em_steps + [record],
-                                  e_history=summary.e_history + [(e, *h) for h in step["E_history"]],
-                                  m_points=summary.m_points + [m_point], theta_final=step["theta"],
-                                  final_loss=loss_y + loss_Z, last_em_step=e)
-        new.save(path("summary.json"))            # the step counts as complete once summary.json says so
-        summary = new
-        progress["steps"] = summary.em_steps
+        summary = complete_step(summary, step, path("summary.json"), progress)
         save_figure(path("Eloss.png"), plot_losses, summary.e_history, summary.m_points)
 
     start = time.time()
@@ -321,17 +324,98 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
        on_phase=lambda what: progress.update(at=what),
        on_m_step=on_m_step, on_e_iteration=on_e_iteration, on_em_step=on_em_step)
 
-    # -- save ----------------------------------------------------------------------------------------
+    return finish(summary, rec, folder, start, progress, log, opt)
+
+
+def complete_step(summary, step, summary_path, progress):
+    """The summary with EM step `step` added, saved: the step counts as complete once summary.json says so."""
+    e = step["em_step"]
+    m_point = (len(summary.e_history), step["M"]["loss_y"], step["M"]["loss_Z"])
+    record = {k: v for k, v in step.items() if k != "E_history"}
+    new = dataclasses.replace(summary, em_steps=summary.em_steps + [record],
+                              e_history=summary.e_history + [(e, *h) for h in step["E_history"]],
+                              m_points=summary.m_points + [m_point], theta_final=step["theta"],
+                              final_loss=step["loss"], last_em_step=e)
+    new.save(summary_path)
+    progress["steps"] = new.em_steps
+    return new
+
+
+def finish(summary, rec, folder, start, progress, log, opt):
+    """The final save, and the table of parameters in the log."""
     progress["at"] = "the final save"
     if not summary.em_steps:
         raise UsageError(f"--max_EMsteps {opt.max_EMsteps} leaves no EM step to run in {folder}")
     summary.finished, summary.seconds = True, (summary.seconds or 0) + time.time() - start
-    summary.save(path("summary.json"))
+    summary.save(os.path.join(folder, "summary.json"))
     log.info("done in %.1f s; final loss %.6f\n%s", time.time() - start, summary.final_loss, "\n".join(
         f"  {n:7s} true {t:8.4f}  init {i:8.4f}  fit {f:8.4f}  rel.err {(f - t) / t:+.3f}" if rec.has_truth else
         f"  {n:7s} init {i:8.4f}  fit {f:8.4f}  (no ground truth)"
-        for n, t, i, f in zip(summary.theta_names, net.theta, summary.theta_init, summary.theta_final)))
+        for n, t, i, f in zip(summary.theta_names, rec.network.theta, summary.theta_init, summary.theta_final)))
     return summary
+
+
+def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, progress, bounds, model_config):
+    """The fit with the posterior E-step (--estep smc): src.em.saem, saving every step as it completes.
+    E{e}_est_param holds the posterior mean as Z (so that readers of MAP runs work), its 5/50/95%
+    quantiles, log p_hat(y | theta), the step's draws, and the memory of draws --resume continues from."""
+    import numpy as np
+    import tensorflow as tf
+
+    from src.em import SAEM_MEMORY, DrawMemory, saem
+    from src.LIFmesoCell import MesoModel
+    from src.plots import plot_activity
+    from src.results import save_arrays, save_figure
+
+    path = lambda name: os.path.join(folder, name)  # noqa: E731
+    fmt = lambda v: " ".join(f"{x:.4g}" for x in v)  # noqa: E731
+    memory, reference = DrawMemory(Z_init, opt.draws), None
+    last = resumed[1] if resumed is not None else None
+    if last is not None:
+        memory.Z, memory.c = list(np.asarray(last["saem_Z"], float)), [float(c) for c in last["saem_c"]]
+        reference = np.asarray(last["reference"], float)
+    smc_options = {"particles": opt.particles, "sweeps": opt.draws, "scheme": opt.scheme, "dtype": tf.float32}
+    smc_config = {"estep": "smc", "particles": opt.particles, "draws": opt.draws, "smc_dtype": "float32"}
+
+    check_stop()
+    Z_stack, weights = memory.stacked()
+    model = MesoModel(window.repeated(SAEM_MEMORY * opt.draws), theta, Z_stack, opt.scheme, batch_weights=weights)
+    log.info(f"{folder}: {window.B} x {window.T} bins of {opt.dt * 1e3:g} ms ({window.K} age bins, scheme "
+             f"{opt.scheme}), {window.Nobs} observed neurons per population, SMC E-step with {opt.particles} "
+             f"particles and {opt.draws} draws per EM step, theta_init {fmt(summary.theta_init)}")
+
+    def on_m_step(e, theta, memory, info):
+        Z_stack, weights = memory.stacked()                                    # the weighted mean of the draws
+        Z_mean = np.einsum("k,kbmt->bmt", weights.reshape(-1, window.B).sum(1),
+                           Z_stack.reshape((-1,) + Z_init.shape))
+        save_arrays(path(f"minimizor_result_{e}"), x=theta, Z=Z_mean, fun=info["loss"], loss_y=info["loss_y"],
+                    loss_Z=info["loss_Z"], nit=info["nit"], nfev=info["nfev"], **model_config, **smc_config)
+        log.info(f"M-step {e}: loss over the draws {info['loss']:.6f} (y {info['loss_y']:.6f}, Z "
+                 f"{info['loss_Z']:.6f}) {info['nit']} it {info['nfev']} evals {info['seconds']:.1f} s | "
+                 f"theta {fmt(theta)}")
+
+    def on_em_step(step, info, draws):
+        nonlocal summary
+        e = step["em_step"]
+        save_arrays(path(f"E{e}_est_param"), theta=step["theta"], Z=info["mean"], Z_q05=info["q05"],
+                    Z_q50=info["q50"], Z_q95=info["q95"], Z_draws=draws, log_p_hat=info["log_p_hat"],
+                    loss_y=step["loss_y"], loss_Z=step["loss_Z"], saem_Z=np.stack(memory.Z),
+                    saem_c=np.asarray(memory.c), reference=draws[-1], gamma=step["gamma"],
+                    **model_config, **smc_config)
+        log.info(f"E-step {e}: log p_hat(y | theta) {info['log_p_hat']:.2f}, {opt.draws} draws, "
+                 f"{info['seconds']:.1f} s, step size {step['gamma']:.3g}")
+        summary = complete_step(summary, step, path("summary.json"), progress)
+        save_figure(path(f"E_{e}_0.png"), plot_activity, window, info["mean"], opt.plot_act_smoothw * 1e-3,
+                    f"EM step {e} (SMC): posterior mean and 90% band; log p_hat {info['log_p_hat']:.1f}",
+                    band=(info["q05"], info["q95"]))
+
+    start = time.time()
+    saem(model, theta, memory, window, bounds, opt.max_EMsteps,
+         m_options={"maxiter": opt.Mmaxiters, "method": opt.method, "grad": opt.mstep_grad},
+         smc_options=smc_options, seed=opt.train_Noinit, done=summary.em_steps, reference=reference,
+         check_stop=check_stop, log=log.info, on_phase=lambda what: progress.update(at=what),
+         on_m_step=on_m_step, on_em_step=on_em_step)
+    return finish(summary, rec, folder, start, progress, log, opt)
 
 
 STOP = {"signal": None}   # set by the signal handler of the command line: stop at the next check

@@ -1,13 +1,15 @@
-"""Seconds per pass of the bootstrap particle filter (src/smc.py) on the default window, next to the numpy
-free simulation of the same P batches (src/fast_np.simulate), measured in the same run.
+"""Seconds per pass of the particle filter on the default window: compiled (src/smc_compiled.py, float32 as
+the fits use it, and float64), next to the compiled free simulation of the same P batches
+(src/LIFmesoCell.simulate: the same per-bin step without weights, resampling or genealogy), measured in the
+same run; --numpy adds the numpy reference (src/smc.py) and the numpy free simulation (about 2 minutes each
+for P = 1,000).
 
     python bench/bench_smc.py                      # P = 1,000 on the shipped window, one pass of each
-    python bench/bench_smc.py --particles 200 --repeats 3
+    python bench/bench_smc.py --particles 500 --repeats 3 --numpy
 
-The free simulation runs the same per-bin step (fast_np.BinStep) on P rows with no weights, so the
-ratio is the cost of weighting, resampling and keeping the genealogy. Times are wall-clock, with the
-load average printed next to them since other processes share the cores; --out FILE also writes them,
-with the configuration and the software versions, as JSON.
+The first call of each compiled function includes its compilation; it is timed apart and left out.
+Times are wall-clock, with the load average printed next to them since other processes share the
+cores; --out FILE also writes them, with the configuration and the software versions, as JSON.
 """
 import argparse
 import sys
@@ -46,30 +48,45 @@ def main(argv=None):
     p.add_argument("--particles", type=int, default=PARTICLES, help=f"P (default {PARTICLES})")
     p.add_argument("--repeats", type=int, default=REPEATS, help=f"timed passes of each (default {REPEATS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed (default {SEED})")
+    p.add_argument("--numpy", action="store_true", help="also the numpy filter and free simulation (slow)")
     p.add_argument("--out", default=OUT, help="JSON file for the figures (default: print only)")
     args = p.parse_args(argv)
-    from src import fast_np, neulvm, smc
+    import tensorflow as tf
+
+    from src import LIFmesoCell, fast_np, neulvm, smc
 
     window = neulvm.load_window(str(DATASET))
     theta, P = window.net.theta, args.particles
     print(f"window: B={window.B}, M={window.M}, T={window.T}, K={window.K}, Nobs={window.Nobs}; P={P}; "
           f"load before: {load()}", flush=True)
-    t_smc, walls_smc, result = timed(lambda: smc.filter_window(theta, window, P, args.seed, SCHEME),
-                                     args.repeats)
-    print(f"particle filter: {t_smc:.1f} s per pass  (log p_hat = {result.log_p_hat:.1f}, "
-          f"resampled in {result.resampled.mean():.0%} of bins, min ESS {result.ess.min():.0f})", flush=True)
-    A0 = np.repeat(window.A0, P, 0)
-    I_ext = np.repeat(window.I_ext, P, 0)
-    t_sim, walls_sim, _ = timed(lambda: fast_np.simulate(window.net, window.dt, window.K, window.T, A0,
-                                                         np.random.default_rng(args.seed), I_ext, window.Nobs,
-                                                         scheme=SCHEME), args.repeats)
-    print(f"numpy free simulation of the same {P} batches: {t_sim:.1f} s", flush=True)
-    print(f"ratio filter / free simulation: {t_smc / t_sim:.2f}   (load after: {load()})")
-    if args.out is None:
-        return
-    write_record(args.out, {"particles": P, "T": window.T, "K": window.K, "B": window.B, "scheme": SCHEME,
-                            "seed": args.seed, "smc_seconds": walls_smc, "free_simulation_seconds": walls_sim,
-                            "ratio": t_smc / t_sim, "log_p_hat": result.log_p_hat, "load_after": load()})
+    A0, I_ext = np.repeat(window.A0, P, 0), np.repeat(window.I_ext, P, 0)
+    runs = {
+        "compiled filter, float32": lambda: smc.filter_window(theta, window, P, args.seed, SCHEME, dtype=tf.float32),
+        "compiled filter, float64": lambda: smc.filter_window(theta, window, P, args.seed, SCHEME),
+        "compiled free simulation": lambda: LIFmesoCell.simulate(window.net, window.dt, window.K, window.T, A0,
+                                                                 np.random.default_rng(args.seed), I_ext,
+                                                                 window.Nobs, scheme=SCHEME)}
+    if args.numpy:
+        runs["numpy filter"] = lambda: smc.filter_window(theta, window, P, args.seed, SCHEME, compiled=False)
+        runs["numpy free simulation"] = lambda: fast_np.simulate(window.net, window.dt, window.K, window.T, A0,
+                                                                 np.random.default_rng(args.seed), I_ext,
+                                                                 window.Nobs, scheme=SCHEME)
+    figures = {}
+    for name, f in runs.items():
+        if name.startswith("compiled"):
+            first, _, _ = timed(f, 1)
+            print(f"{name}: first call (with compilation) {first:.1f} s", flush=True)
+        median, walls, out = timed(f, args.repeats)
+        figures[name] = walls
+        extra = f"  (log p_hat = {out.log_p_hat:.1f}, resampled in {out.resampled.mean():.0%} of bins)" \
+            if isinstance(out, smc.FilterResult) else ""
+        print(f"{name}: {median:.1f} s per pass{extra}   (load {load()})", flush=True)
+    base = np.median(figures["compiled free simulation"])
+    for name, walls in figures.items():
+        print(f"ratio {name} / compiled free simulation: {np.median(walls) / base:.2f}")
+    if args.out is not None:
+        write_record(args.out, {"particles": P, "T": window.T, "K": window.K, "B": window.B, "scheme": SCHEME,
+                                "seed": args.seed, "seconds": figures, "load_after": load()})
 
 
 if __name__ == "__main__":

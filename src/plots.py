@@ -17,9 +17,10 @@ def population_names(M):
     return POPULATION_NAMES if M == 3 else tuple(f"pop {a + 1}" for a in range(M))
 
 
-def plot_activity(path, window, Z_est, smooth_sd, title="", batch=0):
+def plot_activity(path, window, Z_est, smooth_sd, title="", batch=0, band=None):
     """Raster of the observed neurons, then per population the true (if known) and the estimated
-    activity in Hz over the window, both smoothed by a Gaussian of smooth_sd seconds."""
+    activity in Hz over the window, both smoothed by a Gaussian of smooth_sd seconds. band: None or
+    (lower, upper), each like Z_est, the posterior's 5% and 95% quantiles, drawn as the 90% band."""
     w, dt = window, window.dt
     names = population_names(w.M)
     time = (np.arange(w.T) + 0.5) * dt
@@ -37,7 +38,12 @@ def plot_activity(path, window, Z_est, smooth_sd, title="", batch=0):
         ax = axes[a + 1]
         if w.Z_true is not None:
             ax.plot(time, smooth(w.Z_true[batch, a], smooth_sd, dt) / dt, color="0.5", lw=1, label="true")
-        ax.plot(time, smooth(Z_est[batch, a], smooth_sd, dt) / dt, color=f"C{a}", lw=1.2, label="estimated")
+        if band is not None:
+            ax.fill_between(time, smooth(band[0][batch, a], smooth_sd, dt) / dt,
+                            smooth(band[1][batch, a], smooth_sd, dt) / dt, color=f"C{a}", alpha=0.25, lw=0,
+                            label="90% posterior band")
+        label = "estimated" if band is None else "posterior mean"
+        ax.plot(time, smooth(Z_est[batch, a], smooth_sd, dt) / dt, color=f"C{a}", lw=1.2, label=label)
         ax.set_ylabel(f"{names[a]} (Hz)")
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     axes[-1].set_xlabel(f"time in window (s); activity smoothed {smooth_sd * 1e3:g} ms")

@@ -95,6 +95,8 @@ class ReportOptions:
     trials: int = option(20, "stimulation trials per evaluation")
     search_steps: int = option(6, "amplitude evaluations of the search")
     gpfa_iters: int = option(500, "GPFA EM iterations at most")
+    estep: str = option("map", "which runs: those fitted with --estep map (report in result_dir) or smc (report "
+                               "in result_dir/report_smc/); the best is the lowest final loss among them")
     gpfa_restarts: int = option(3, "GPFA fits from different initialisations (seeds 0, 1, ...); the best per "
                                    "population is reported")
     quick: bool = option(False, f"small settings ({', '.join(f'{k}={v:g}' for k, v in QUICK.items())}) for a "
@@ -110,6 +112,7 @@ def parse_options(argv):
             f"--segment must divide --duration ({opt.duration:g} s), got {opt.segment!r}"),
            (opt.trials >= 1, f"--trials must be >= 1, got {opt.trials!r}"),
            (opt.search_steps >= 1, f"--search_steps must be >= 1, got {opt.search_steps!r}"),
+           (opt.estep in ("map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
            (opt.gpfa_iters >= 1, f"--gpfa_iters must be >= 1, got {opt.gpfa_iters!r}"),
            (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}")])
     return opt
@@ -769,9 +772,12 @@ def make_report(opt, argv):
     folder = opt.result_dir
     if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
         folder = os.path.join(repo, folder)      # the default, asked from outside the repository
-    runs = find_runs(folder)
+    runs = {name: r for name, r in find_runs(folder).items() if r.options.get("estep", "map") == opt.estep}
     if not runs:
-        raise NoResult(f"no trained run in {folder!r}: run bash 3pop_neuLVM.sh first")
+        raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
+                       + (" -- --estep smc --train_folderbase smc" if opt.estep == "smc" else ""))
+    out = folder if opt.estep == "map" else os.path.join(folder, "report_smc")    # where the report goes
+    os.makedirs(out, exist_ok=True)
     runs = dict(sorted(runs.items(), key=lambda item: item[1].final_loss))     # the best first
     best = next(iter(runs))
     s = runs[best]
@@ -802,8 +808,8 @@ def make_report(opt, argv):
         versions = software_versions("matplotlib", "tensorflow", "elephant", "neo", "quantities", "sklearn")
         ctx = Context(folder=folder, runs=runs, options=opt, dataset=dataset, recording_seed=rec.seed,
                       argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings)
-        save_json(os.path.join(folder, "report.json"), report_numbers(ctx, *measures))
-        path = os.path.join(folder, "report.md")
+        save_json(os.path.join(out, "report.json"), report_numbers(ctx, *measures))
+        path = os.path.join(out, "report.md")
         save_text(path, render_markdown(ctx, *measures))
         log(f"wrote {path}")
         return 0
@@ -819,7 +825,7 @@ def make_report(opt, argv):
     latent = measure_latent(window.Z_true, latents[best][0], {name: Z for name, (_, Z) in latents.items()},
                             observed_trains(rec, s, window.B * window.T), dt, K, opt.gpfa_iters,
                             opt.gpfa_restarts, log)
-    save_figure(os.path.join(folder, FIGURES["latent"]), plots.plot_latent, latent["truth"],
+    save_figure(os.path.join(out, FIGURES["latent"]), plots.plot_latent, latent["truth"],
                 latent["estimates"], dt, names, o["end_timepoint"] - o["trial_length"], LATENT_SMOOTH)
     parameters = measure_parameters(runs)
     timings["latent inference"] = time.time() - t0
@@ -829,8 +835,8 @@ def make_report(opt, argv):
     t0 = time.time()
     simulated = metastable_pieces(net_true, net_fit, scheme, dt, K, opt.duration, opt.segment, seeds, log)
     metastability = measure_metastability(simulated["pieces"], net_true.N, dt)
-    save_figure(os.path.join(folder, FIGURES["dominance"]), plots.plot_dominance, metastability["dwell"])
-    save_figure(os.path.join(folder, FIGURES["traces"]), plots.plot_traces, simulated["pieces"], net_true.N,
+    save_figure(os.path.join(out, FIGURES["dominance"]), plots.plot_dominance, metastability["dwell"])
+    save_figure(os.path.join(out, FIGURES["traces"]), plots.plot_traces, simulated["pieces"], net_true.N,
                 dt, names)
     seeds_used = {"training data (microscopic network)": rec.seed,
                   "initial parameters of each run (train_Noinit)": {n: r.seed for n, r in runs.items()},
@@ -844,7 +850,7 @@ def make_report(opt, argv):
     stimulation = measure_stimulation(simulated["amplitude"], simulated["search"], simulated["trials"], dt)
     seeds_used.update(simulated["seeds"])
     if simulated["trials"]:
-        save_figure(os.path.join(folder, FIGURES["stimulation"]), plots.plot_stimulation,
+        save_figure(os.path.join(out, FIGURES["stimulation"]), plots.plot_stimulation,
                     stimulation["averages"], stimulation["search"], stimulation["amplitude"], dt, names,
                     STIM_ONSET, STIM_LENGTH, STIM_TARGET, LATENT_SMOOTH)
     timings["stimulation"] = time.time() - t0

@@ -40,7 +40,9 @@ def find_runs(folder):
 # Options that define a fit: --resume refuses to continue a run with other values.
 FIT_OPTIONS = ("trial_length", "with_input", "t_perbatch", "end_timepoint", "dt", "M", "N", "Nsampled", "B",
                "a_cutoff", "lb", "ub", "amem", "J", "rp", "ft", "sampled_spike_history_smoothed_w", "train_Noinit",
-               "method", "mstep_grad")
+               "method", "mstep_grad", "estep", "particles", "draws")
+# what a run written before an option existed did (every such run was fitted with a MAP E-step)
+FIT_OPTIONS_BEFORE = {"estep": "map"}
 
 
 def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_given):
@@ -62,7 +64,9 @@ def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_g
         raise UsageError(f"--resume: --scheme is {options['scheme']!r} but the run in {folder} was fitted with "
                          f"{summary.scheme!r}; resume without --scheme, or start a new run without --resume")
     for name in FIT_OPTIONS:
-        before, now = summary.options.get(name), options[name]
+        before, now = summary.options.get(name, FIT_OPTIONS_BEFORE.get(name)), options[name]
+        if name in ("particles", "draws") and options["estep"] != "smc":
+            continue                                          # unused by a MAP fit
         if before != now:
             raise UsageError(f"--resume: --{name} is {now!r} but the run in {folder} used {before!r}; resume with "
                              "the same options, or start a new run without --resume")
@@ -110,11 +114,14 @@ def training_log(folder, name="train_meso"):
             handler.close()
 
 
-def best_run(folder):
-    """(name, summary) of the run with the lowest final loss; ValueError if there is none."""
-    runs = find_runs(folder)
+def best_run(folder, estep="map"):
+    """(name, summary) of the best run fitted with --estep `estep`: the lowest final loss (for map the
+    joint loss, for smc -log p_hat(y | theta) / (B*M*T)); the two kinds are never compared. ValueError
+    if there is none."""
+    runs = {n: r for n, r in find_runs(folder).items() if r.options.get("estep", "map") == estep}
     if not runs:
-        raise ValueError(f"no trained run in {folder!r}: run `bash 3pop_neuLVM.sh` (or train_meso.py) first")
+        raise ValueError(f"no run fitted with --estep {estep} in {folder!r}: run `bash 3pop_neuLVM.sh` (or "
+                         "train_meso.py) first")
     name = min(runs, key=lambda n: runs[n].final_loss)
     return name, runs[name]
 
@@ -139,13 +146,17 @@ def main(argv):
     if len(argv) != 1:
         print("usage: python -m src.runs RESULT_FOLDER", file=sys.stderr)
         return 2
-    try:
-        name, _ = best_run(argv[0])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    runs = find_runs(argv[0])
+    esteps = sorted({r.options.get("estep", "map") for r in runs.values()})
+    if not esteps:
+        print(f"error: no trained run in {argv[0]!r}: run `bash 3pop_neuLVM.sh` (or train_meso.py) first",
+              file=sys.stderr)
         return 1
-    print(parameter_table(find_runs(argv[0])))
-    print(f"best run: {os.path.join(argv[0], name)}")
+    print(parameter_table(runs))
+    for estep in esteps:
+        name, _ = best_run(argv[0], estep)
+        kind = "" if esteps == ["map"] else f" (--estep {estep})"
+        print(f"best run{kind}: {os.path.join(argv[0], name)}")
     return 0
 
 

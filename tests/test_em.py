@@ -224,3 +224,56 @@ def test_em_lowers_the_loss_and_stops_when_a_step_no_longer_does():
     _, _, again = em(model, theta, Z, [(0.1, 10.0)] * 4, max_steps=100, m_options={}, e_options={}, done=steps,
                      log=logged.append)
     assert again == steps
+
+
+# -- Monte Carlo EM by stochastic approximation (the SMC E-step) -------------------------------------
+def test_saem_weights_are_the_stochastic_approximation_by_hand():
+    """Step sizes 1, 1, 1, 1/2, 1/3, ...; the weights c_e of the draws in Q_e follow
+    c <- (1 - gamma) c, c_new = gamma, with the memory's truncation renormalising: after steps 0..5
+    (memory 4) the kept steps 2..5 weigh (1*1/2*2/3*3/4, 1/2*2/3*3/4, 1/3*3/4, 1/4) / their sum."""
+    from src.em import DrawMemory, saem_step_size
+    assert [saem_step_size(e) for e in range(6)] == [1.0, 1.0, 1.0, 0.5, 1 / 3, 0.25]
+    Z0 = np.zeros((1, 3, 5))
+    memory = DrawMemory(Z0, draws=2, memory=4)
+    for e in range(6):
+        memory.add(np.full((2, 1, 3, 5), float(e)), saem_step_size(e))
+    c2 = 1.0 * 0.5 * (2 / 3) * 0.75
+    c3 = 0.5 * (2 / 3) * 0.75
+    c4 = (1 / 3) * 0.75
+    c5 = 0.25
+    expected = np.array([c2, c3, c4, c5]) / (c2 + c3 + c4 + c5)
+    np.testing.assert_allclose(memory.c, expected, rtol=1e-14)
+    Z, w = memory.stacked()
+    assert Z.shape == (4 * 2 * 1, 3, 5) and w.shape == (8,)
+    np.testing.assert_allclose(w, np.repeat(expected / 2, 2), rtol=1e-14)
+    np.testing.assert_array_equal(Z[:, 0, 0], [2, 2, 3, 3, 4, 4, 5, 5])
+    fresh = DrawMemory(Z0, draws=2, memory=4)                 # before any E-step: the initial latent only
+    Z, w = fresh.stacked()
+    np.testing.assert_array_equal(w, [0, 0, 0, 0, 0, 0, 0.5, 0.5])
+
+
+def test_batch_weights_are_the_weighted_mean_of_the_numpy_losses():
+    """MesoModel with batch weights w: loss = sum_b w_b (loss of batch b alone), against fast_np.losses
+    batch by batch (rtol 1e-12), and the gradient with respect to theta (one amem, J, rp and ft) against
+    central finite differences of that weighted numpy loss (rtol 1e-5)."""
+    from src.LIFmesoCell import MesoModel
+    from src.window import Window
+    net, window, theta, Z = random_case(seed=3, B=3, Nobs=2, T=25, K=20)
+    w = np.array([0.5, 0.2, 0.3])
+    model = MesoModel(window, theta, Z, "exact", batch_weights=w)
+
+    def weighted(th):
+        total = np.zeros(2)
+        for b in range(3):
+            one = Window(net=net, dt=window.dt, K=window.K, y=window.y[b:b + 1], I_ext=window.I_ext[b:b + 1])
+            total += w[b] * np.array(fast_np.losses(net.with_theta(th), one, Z[b:b + 1], "exact"))
+        return total
+    np.testing.assert_allclose(model.losses(), weighted(theta), rtol=1e-12)
+    _, _, grad = model.value_and_grad("theta")
+    step = 1e-6 * np.abs(theta)
+    checked = [0, 4, 8, 11]
+    fd = [(weighted(theta + step * e).sum() - weighted(theta - step * e).sum()) / (2 * step[i])
+          for i, e in zip(checked, np.eye(theta.size)[checked])]
+    np.testing.assert_allclose(np.asarray(grad)[checked], fd, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch weights"):
+        model.set_batch_weights([0.5, 0.5, 0.5])

@@ -30,6 +30,7 @@ from src.em import m_step
 from src.fast_np import SCHEMES
 from src.LIFmesoCell import MesoModel
 from src.results import LOCK_NAME, FolderInUse, RunSummary, folder_lock, load_arrays, load_json, save_arrays, save_json
+from src.window import Z_MAX, Z_MIN
 from tests.conftest import malicious_npz, malicious_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -658,3 +659,25 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_completes(tmp_path):
           f"{resumed} resumes; {completed} runs completed; {lost} files of complete EM steps lost; "
           f"{time.time() - started:.0f} s")
     assert lost == 0
+
+
+def test_smc_fit_files_and_resume_to_the_same_result(tmp_path):
+    """--estep smc on the tiny window: the posterior E-step's files (the posterior mean as Z, ordered
+    5/50/95% quantiles, the draws, log p_hat, the memory), the run's loss is -log p_hat / (B*M*T), and a
+    run of 1 EM step resumed to 2 ends where a run of 2 ends, to 1e-12 (every draw is seeded per EM step)."""
+    smc = ["--dataset", DATASET, *TINY, "--estep", "smc", "--particles", "20", "--draws", "2", "--max_EMsteps", "2"]
+    whole = train_meso.main([*smc, "--SAVE_DIR", str(tmp_path / "whole") + "/"])
+    train_meso.main([*smc, "--max_EMsteps", "1", "--SAVE_DIR", str(tmp_path / "parts") + "/"])
+    as_killed_before_its_final_save(run_folder(tmp_path / "parts", end="0.6"))
+    again = train_meso.main([*smc, "--SAVE_DIR", str(tmp_path / "parts") + "/", "--resume"])
+    np.testing.assert_allclose(again.theta_final, whole.theta_final, rtol=1e-12)
+    assert [s["log_p_hat"] for s in again.em_steps] == [s["log_p_hat"] for s in whole.em_steps]
+    folder = run_folder(tmp_path / "whole", end="0.6")
+    last = load_arrays(os.path.join(folder, "E1_est_param"))
+    assert last["estep"] == "smc" and last["Z_draws"].shape == (2,) + last["Z"].shape
+    assert np.all(last["Z_q05"] <= last["Z_q50"]) and np.all(last["Z_q50"] <= last["Z_q95"])
+    assert np.all((last["Z"] >= Z_MIN) & (last["Z"] <= Z_MAX))
+    n = np.prod(last["Z"].shape)
+    np.testing.assert_allclose(whole.final_loss, -float(last["log_p_hat"]) / n, rtol=1e-12)
+    np.testing.assert_allclose(last["saem_c"].sum(), 1.0, rtol=1e-12)
+    assert os.path.exists(os.path.join(folder, "E_1_0.png"))
