@@ -567,6 +567,7 @@ def fit_rows(folder):
             row.update({f"err_{p['name']}": p["rel_error"] for p in errors[name]["parameters"]})
             row.update(latent_r(cell, name, s, truths))
             rows.append(row)
+    rows.sort(key=lambda r: (r["dataset"], r["Nsampled"], r["scheme"], r["estep"], r["end_timepoint"], r["train_Noinit"]))
     return rows, theta_names
 
 
