@@ -128,6 +128,7 @@ def scenario(tmp_path_factory):
             "complete": complete, "attempts": attempts, "first": open(root / "first.log").read(), "second": second}
 
 
+@pytest.mark.long
 def test_sweep_gives_the_numbers_of_fits_run_one_by_one(scenario):
     assert scenario["second"].returncode == 0, scenario["second"].stdout + scenario["second"].stderr
     assert set(scenario["baseline"]) == set(scenario["fits"])
@@ -139,6 +140,7 @@ def test_sweep_gives_the_numbers_of_fits_run_one_by_one(scenario):
         assert got.final_loss == expected.final_loss, (folder, got.final_loss, expected.final_loss)
 
 
+@pytest.mark.long
 def test_killed_worker_is_reported_and_its_fit_run_again(scenario):
     victim = scenario["victim"]
     lines = [line for line in scenario["first"].splitlines() if "FAILED (attempt 1)" in line]
@@ -149,6 +151,7 @@ def test_killed_worker_is_reported_and_its_fit_run_again(scenario):
     assert victim in scenario["complete"], "the fit of the killed worker did not complete in the first sweep"
 
 
+@pytest.mark.long
 def test_killed_sweep_rerun_redoes_no_complete_fit_and_loses_nothing(scenario):
     out, complete = scenario["out"], scenario["complete"]
     assert 1 <= len(complete) < len(scenario["fits"]), complete
@@ -213,6 +216,7 @@ def test_grid_file_and_command_line(tmp_path):
         sweep.parse_options(["--grid", str(grid)])
 
 
+@pytest.mark.long
 def test_summarize_tables_and_figures(scenario):
     from src.report import measure_parameters
     out = str(scenario["out"])

@@ -661,6 +661,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_completes(tmp_path):
     assert lost == 0
 
 
+@pytest.mark.long
 def test_smc_fit_files_and_resume_to_the_same_result(tmp_path):
     """--estep smc on the tiny window: the posterior E-step's files (the posterior mean as Z, ordered
     5/50/95% quantiles, the draws, log p_hat, the memory), the run's loss is -log p_hat / (B*M*T), and a
