@@ -38,17 +38,26 @@ The transition (`transition`):
 Random numbers, all from the caller's np.random.Generator, in this order in every bin: one uniform per
 batch that is resampled (only if any is), then the normals xi, shape (B*P, M). Same seed, same output.
 
-Genealogy and what it is not: `ancestors[t, b, i]` is the particle of bin t-1 whose state particle i
-continued before Z(t) was drawn. Tracing a final particle back through it (`trace_paths`,
-`draw_trajectories`, with the final weights) samples the filter's joint smoothing approximation of
-p(Z | y, theta). Because of resampling, few distinct paths survive far back (path degeneracy): early
-bins are represented by a handful of ancestors, so these draws are not yet the conditional SMC with
-ancestor sampling (CSMC-AS) smoother that issue 13 asks for; they are its raw material.
+Genealogy: `ancestors[t, b, i]` is the particle of bin t-1 whose state particle i continued before Z(t)
+was drawn. Tracing a final particle back through it (`trace_paths`, `draw_trajectories`, with the final
+weights) samples the filter's joint smoothing approximation of p(Z | y, theta). Because of resampling,
+few distinct paths survive far back (path degeneracy: on the shipped window, 200 particles trace back to
+one ancestor within 2 s), so the posterior E-step does not use these draws alone:
+  - particle Gibbs with ancestor sampling (Lindsten, Jordan & Schon 2014; `gibbs_sweep`, `gibbs_chain`):
+    with `reference`, the last particle is held to a trajectory, and in a bin where its batch is
+    resampled its ancestor is drawn with weights W_i * f(Z_ref(t) | Zbar_i(t)) (`log_transition`), while
+    the free particles are resampled multinomially (`inverse_cdf`). The exact ancestor weights of this
+    non-Markov state would also carry the reference's later bins under each candidate's history; they
+    are truncated to the current bin (lag 0), an approximation that tests/test_smc_compiled.py checks by
+    simulation-based calibration;
+  - `fixed_lag_marginals`: the posterior marginals of each bin from particles traced back over a few
+    resamplings only.
 `filter_mean[b, :, t]` is E[Z(t) | y(0..t+1)] under the filter: y(t+1) is the first observation that
 depends on Z(t) (for the last bin, which no observation depends on, E[Z(T-1) | y(0..T-1)]).
 
 Speed: numpy with the particles vectorised, 1.06x the cost of fast_np.simulate for the same number of
-rows: 128 s per pass for P = 1,000 on the default window, measured on a loaded 2-core machine
+rows: 128 s per pass for P = 1,000 on the default window, measured on a loaded 2-core machine; the
+compiled filter (src/smc_compiled.py, the default of filter_window) took 19-38 s in float32
 (bench/bench_smc.py). Memory: the draws are kept, 8*T*B*P*M bytes (60 MB for P = 1,000 on the default
 window), and the ancestors, 8*T*B*P.
 """
