@@ -66,17 +66,14 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="filter passes per point of the landscape")
     p.add_argument("--no_oracle", action="store_true", help="skip the oracle M-step (about a minute)")
     args = p.parse_args()
-    from src import neulvm
+    from src.dataset import load_recording
 
     runs = find_runs(args.folder)
     (map_name, map_run), (smc_name, smc_run) = best_of(runs, "map"), best_of(runs, "smc")
     if smc_run is None:
         sys.exit(f"bench_posterior: no run with --estep smc in {args.folder}")
     o = smc_run.options
-    rec = neulvm.load_recording(o["dataset"]) if hasattr(neulvm, "load_recording") else None
-    if rec is None:
-        from src.dataset import load_recording
-        rec = load_recording(os.path.join(ROOT, o["dataset"]) if not os.path.isabs(o["dataset"]) else o["dataset"])
+    rec = load_recording(os.path.join(ROOT, o["dataset"]))             # an absolute path stays as it is
     window = make_window(rec, o["dt"], o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
                          o["Nsampled"], with_input=bool(o["with_input"]))
     truth, scheme = rec.network.theta, smc_run.scheme
@@ -93,7 +90,7 @@ def main():
     start = time.time()
     coverage, draws_mean = band_coverage(np.asarray(smc_run.theta_final), window, 500, args.sweeps, 1, scheme)
     print(f"band: {args.sweeps} particle Gibbs draws at the SMC fit, {time.time() - start:.0f} s")
-    print(f"\n| fit | J errors (%) | r of the activity (E1, E2, I) |\n|---|---|---|")
+    print("\n| fit | J errors (%) | r of the activity (E1, E2, I) |\n|---|---|---|")
     for name, row in rows.items():
         J = " / ".join(f"{100 * e:+.0f}" for e in j_errors(row["theta"], truth))
         print(f"| {name} | {J} | {' / '.join(f'{x:.2f}' for x in row['r'])} |")

@@ -164,18 +164,9 @@ def log_transition(Z, Zbar, N, dt, transition):
         return np.where(Z <= 0, at_zero, np.where(Zbar > 0, log_density, -np.inf))
 
 
-def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=fast_np.DEFAULT_SCHEME,
-                    transition="density", resample_threshold=RESAMPLE_THRESHOLD, reference=None):
-    """One pass of the bootstrap filter over B independent batches (model.md sections 3 and 5), or of
-    the conditional filter with ancestor sampling if `reference` is given (the module docstring).
-
-    net: src.network.Network (its theta is used); A0: (B, M) initial rates (Hz), also the activity of
-    the K history bins; y: (B, M, Nobs, T) observed spikes of the window bins (Nobs may be 0);
-    I_ext: (B, M, T); obs_age0: (B, M, Nobs) age index of each observed neuron in the first bin;
-    particles: P; rng: np.random.Generator (its Noise is drawn first) or a Noise; resample_threshold:
-    resample when ESS < it * P (0: never); reference: None or (B, M, T), the trajectory that the last
-    particle, P-1, is held to. Returns a FilterResult.
-    """
+def checked_arguments(A0, y, I_ext, obs_age0, particles, scheme, transition, resample_threshold, reference):
+    """The arrays of particle_filter (this module's and src/smc_compiled.py's) as numpy arrays, or a
+    ValueError naming the argument and what was expected."""
     check_scheme(scheme)
     if transition not in TRANSITIONS:
         raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
@@ -199,6 +190,24 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=f
         if reference.shape != (B, M, T) or P < 2:
             raise ValueError(f"reference must have shape {(B, M, T)} and particles >= 2, got "
                              f"{reference.shape} and {P}")
+    return A0, y, I_ext, obs_age0, reference
+
+
+def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme=fast_np.DEFAULT_SCHEME,
+                    transition="density", resample_threshold=RESAMPLE_THRESHOLD, reference=None):
+    """One pass of the bootstrap filter over B independent batches (model.md sections 3 and 5), or of
+    the conditional filter with ancestor sampling if `reference` is given (the module docstring).
+
+    net: src.network.Network (its theta is used); A0: (B, M) initial rates (Hz), also the activity of
+    the K history bins; y: (B, M, Nobs, T) observed spikes of the window bins (Nobs may be 0);
+    I_ext: (B, M, T); obs_age0: (B, M, Nobs) age index of each observed neuron in the first bin;
+    particles: P; rng: np.random.Generator (its Noise is drawn first) or a Noise; resample_threshold:
+    resample when ESS < it * P (0: never); reference: None or (B, M, T), the trajectory that the last
+    particle, P-1, is held to. Returns a FilterResult.
+    """
+    A0, y, I_ext, obs_age0, reference = checked_arguments(A0, y, I_ext, obs_age0, particles, scheme, transition,
+                                                          resample_threshold, reference)
+    P, (B, M), (Nobs, T) = particles, A0.shape, y.shape[2:]
     noise = rng if isinstance(rng, Noise) else draw_noise(rng, T, B, P, M)
 
     rows = lambda a: np.repeat(a, P, axis=0)                         # noqa: E731  (B, ...) -> (B*P, ...)
@@ -287,8 +296,8 @@ def gibbs_sweep(theta, window: Window, reference, particles, seed, scheme=fast_n
     final weights and traced back. The trajectory is the chain's next state. seed: int or
     np.random.SeedSequence (its first child draws the filter's Noise, the second the trajectory).
     Returns (trajectory (B, M, T), FilterResult)."""
-    noise_seed, pick_seed = np.random.SeedSequence(seed).spawn(2) if not isinstance(
-        seed, np.random.SeedSequence) else seed.spawn(2)
+    seed = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    noise_seed, pick_seed = seed.spawn(2)
     result = filter_window(theta, window, particles, noise_seed, scheme, reference=reference, **options)
     return draw_trajectories(result, 1, np.random.default_rng(pick_seed))[0], result
 

@@ -20,13 +20,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .fast_np import VAR_FLOOR, check_scheme, leak_step, stationary_start
+from .fast_np import LOG_2PI, VAR_FLOOR, leak_step, stationary_start
 from .LIFmesoCell import _escape, _log_fire_probability
-from .smc import RESAMPLE_THRESHOLD, TRANSITIONS, FilterResult, Noise, draw_noise
+from .smc import RESAMPLE_THRESHOLD, FilterResult, Noise, checked_arguments, draw_noise
 from .window import Z_MAX, Z_MIN, refractory_bins
 
 SEGMENT_BINS = 2500      # bins per call of the compiled loop, at most (shorter windows: the next power of 2)
-LOG_2PI = np.log(2 * np.pi)
 
 
 def log_ndtr(x):
@@ -182,26 +181,12 @@ def particle_filter(net, dt, K, A0, y, I_ext, obs_age0, particles, rng, scheme, 
                     resample_threshold=RESAMPLE_THRESHOLD, reference=None, dtype=tf.float64):
     """src.smc.particle_filter, compiled: the same arguments (rng: a np.random.Generator or a
     src.smc.Noise) and the same FilterResult, equal to the reference's up to rounding."""
-    check_scheme(scheme)
-    if transition not in TRANSITIONS:
-        raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
-    P = particles
-    if not (isinstance(P, (int, np.integer)) and P >= 1):
-        raise ValueError(f"particles must be an integer >= 1, got {P!r}")
-    if not 0 <= resample_threshold <= 1:
-        raise ValueError(f"resample_threshold must be in [0, 1], got {resample_threshold!r}")
-    A0, y, I_ext = (np.asarray(a, dtype=float) for a in (A0, y, I_ext))
-    B, M = A0.shape
-    Nobs, T = y.shape[2:]
-    obs_age0 = np.asarray(obs_age0)
+    A0, y, I_ext, obs_age0, reference = checked_arguments(A0, y, I_ext, obs_age0, particles, scheme, transition,
+                                                          resample_threshold, reference)
+    P, (B, M), T = particles, A0.shape, y.shape[-1]
     conditional = reference is not None
-    if conditional:
-        reference = np.asarray(reference, dtype=float)
-        if reference.shape != (B, M, T) or P < 2:
-            raise ValueError(f"reference must have shape {(B, M, T)} and particles >= 2, got "
-                             f"{reference.shape} and {P}")
-    else:
-        reference = np.zeros((B, M, T))
+    if not conditional:
+        reference = np.zeros((B, M, T))                    # unused: the loop's argument needs an array
     noise = rng if isinstance(rng, Noise) else draw_noise(rng, T, B, P, M)
     dtype = tf.as_dtype(dtype)
 
