@@ -25,22 +25,24 @@ def test_linear_filter_matches_loop():
     np.testing.assert_allclose(linear_filter(tf.constant(a), tf.constant(x)).numpy(), expected, rtol=1e-12)
 
 
-# every case of issue 3 for the default scheme; euler at the shortest and the longest window (each
-# case compiles its own XLA graph, a few seconds, and both schemes share every line but (q, g))
+# every case of issue 3 for the default scheme; euler at the shortest and the longest window (both
+# schemes share every line but (q, g))
 CASES = [(1, 1, False, False), (2, 3, True, True), (1, 30, True, False), (2, 1, False, True)]
 
 
 @pytest.mark.parametrize("B, Nobs, with_input, silent", CASES)
 @pytest.mark.parametrize("scheme, T", [("exact", T) for T in (1, 7, 60, 300)] + [("euler", 1), ("euler", 300)])
 def test_losses_equal_reference(T, B, Nobs, with_input, silent, scheme):
+    """Eager TensorFlow = numpy in every case; the XLA-compiled function (what fits run; each compile
+    takes 2-3 s) for the richest case at every window and for every case at the longest exact one."""
     net, window, theta, Z = random_case(seed=T + 10 * B + Nobs, B=B, Nobs=Nobs, T=T,
                                         with_input=with_input, silent_neuron=silent)
     expected = fast_np.losses(net.with_theta(theta), window, Z, scheme)
     model = MesoModel(window, theta, Z, scheme)
-    compiled = model.losses()
     eager = [float(v) for v in model._losses(model.theta, model.Z)]
-    np.testing.assert_allclose(compiled, expected, rtol=RTOL_VALUE, err_msg="tf.function (XLA) vs numpy")
     np.testing.assert_allclose(eager, expected, rtol=RTOL_VALUE, err_msg="eager vs numpy")
+    if (B, Nobs, with_input, silent) == CASES[1] or (scheme, T) == ("exact", 300):
+        np.testing.assert_allclose(model.losses(), expected, rtol=RTOL_VALUE, err_msg="tf.function (XLA) vs numpy")
 
 
 @pytest.mark.parametrize("scheme", fast_np.SCHEMES)
