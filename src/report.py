@@ -32,6 +32,12 @@ What it measures (the best run is the one with the lowest final loss, src/runs.p
      that amplitude in the network, the fitted model and the true-parameter model.
   5. Versions, seeds (every one derived from --seed by name, evaluation_seeds), the command and the
      time each part took.
+With --estep smc (the runs fitted with the posterior E-step, report in result_dir/report_smc/) it also
+measures the posterior of the latent at the best run's theta (section 1b): the coverage of the true
+activity (smoothed LATENT_SMOOTH) by the 90% band of `sweeps` particle Gibbs draws, each smoothed alike;
+log p_hat(y | theta) at that fit, at the best MAP run of the folder (if any) and at the truth, each from
+`repeats` independent filter passes (mean and Monte Carlo standard error); and it puts its numbers next
+to those of the MAP report of the same folder (result_dir/report.json), if that exists.
 Nothing is cached: every number comes from the simulations of this call.
 
 The code follows that order: the measures (measure_latent, measure_parameters,
@@ -51,7 +57,7 @@ import numpy as np
 from .cli import NoResult, UsageError, check, option, parse, run, software_versions
 from .gpfa import X_DIM
 from .helper import smooth
-from .results import save_figure, save_json, save_text
+from .results import load_json, save_figure, save_json, save_text
 
 PROG = "python -m src.report"
 DEFAULT_RESULT_DIR = "result/3pop example/data11"
@@ -67,6 +73,8 @@ AMP_START = 4.0               # potential units per s (2.5 mV/s); 50 raises V by
 AMP_MIN, AMP_MAX = 0.125, 2048.0  # the search stays in this range
 TARGET_DOMINANCE_FACTOR = 1.5
 TARGET_SWITCH_DIFF = 0.2
+TARGET_COVERAGE = (0.80, 0.95)   # of the E populations' bins by the posterior's 90% band (issue 13)
+POSTERIOR_BURN_IN = 2            # particle Gibbs sweeps discarded before the draws of the band
 N_SHIFTS = 200               # circular shifts for GPFA's chance level
 GPFA = "GPFA, best linear map"   # the name of GPFA's estimate in the latent measures
 NETWORK, FITTED, TRUE_MODEL = "microscopic network", "fitted model", "true-parameter model"
@@ -81,7 +89,7 @@ FIGURES = {"latent": "report_latent.png", "dominance": "report_dominance.png", "
 # ------------------------------------------------------------------ options
 
 QUICK = {"duration": 60.0, "segment": 20.0, "trials": 8, "search_steps": 2, "gpfa_iters": 50,
-         "gpfa_restarts": 1}      # --quick: a short look and the tests (numbers not meaningful)
+         "gpfa_restarts": 1, "particles": 30, "sweeps": 4, "repeats": 2}      # --quick: a short look and the tests (numbers not meaningful)
 
 
 @dataclass
@@ -99,6 +107,10 @@ class ReportOptions:
                                "in result_dir/report_smc/); the best is the lowest final loss among them")
     gpfa_restarts: int = option(3, "GPFA fits from different initialisations (seeds 0, 1, ...); the best per "
                                    "population is reported")
+    particles: int = option(500, "--estep smc: particles of the filter passes of section 1b")
+    sweeps: int = option(20, f"--estep smc: particle Gibbs draws for the 90% band (after {POSTERIOR_BURN_IN} "
+                             "discarded)")
+    repeats: int = option(3, "--estep smc: filter passes per theta for log p_hat(y | theta)")
     quick: bool = option(False, f"small settings ({', '.join(f'{k}={v:g}' for k, v in QUICK.items())}) for a "
                                 "quick look and the tests; numbers not meaningful")
     debug: bool = option(False, "show tracebacks on errors")
@@ -114,7 +126,10 @@ def parse_options(argv):
            (opt.search_steps >= 1, f"--search_steps must be >= 1, got {opt.search_steps!r}"),
            (opt.estep in ("map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
            (opt.gpfa_iters >= 1, f"--gpfa_iters must be >= 1, got {opt.gpfa_iters!r}"),
-           (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}")])
+           (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}"),
+           (opt.particles >= 2, f"--particles must be >= 2, got {opt.particles!r}"),
+           (opt.sweeps >= 2, f"--sweeps must be >= 2 (a band needs draws), got {opt.sweeps!r}"),
+           (opt.repeats >= 2, f"--repeats must be >= 2 (for a standard error), got {opt.repeats!r}")])
     return opt
 
 
@@ -130,6 +145,13 @@ def evaluation_seeds(seed, search_steps):
 
 def search_seed_name(k):
     return f"stimulation search, evaluation {k}"
+
+
+def posterior_seeds(seed, repeats):
+    """The seeds of section 1b (--estep smc): the particle Gibbs chain of the band, and pass r of the
+    log p_hat estimates at every theta (the same seeds at each, so the differences are paired)."""
+    return {"posterior band: particle Gibbs chain": seed + 7,
+            **{f"log p_hat: pass {r}": (seed + 8, r) for r in range(repeats)}}
 
 
 # ------------------------------------------------------------------ measures
@@ -249,6 +271,27 @@ def measure_stimulation(amplitude, search, trials, dt):
         switch_ok = bool(diff <= TARGET_SWITCH_DIFF) if np.isfinite(diff) else False
     return {"amplitude": amplitude, "search": list(search), "fractions": fractions, "averages": averages,
             "response": response, "switch_ok": switch_ok}
+
+
+def measure_posterior(draws, Z_true, dt, log_p):
+    """Claim 1 for the posterior E-step: how well the posterior of the latent covers the truth.
+
+    draws: (S, B, M, T) trajectories drawn from p(Z | y, theta) at the fit; Z_true (B, M, T); log_p
+    {theta's name: [log p_hat of each filter pass]}. Every trajectory and the truth are smoothed
+    LATENT_SMOOTH (in Hz); the band is the 5-95% quantiles of the smoothed draws in each bin. Returns
+    coverage (per population, the fraction of bins whose true activity lies inside the band), the
+    band's mean width (Hz), log_p {name: (mean, Monte Carlo standard error, passes)} and the target
+    coverage_ok (E1 and E2 within TARGET_COVERAGE)."""
+    draws = np.asarray(draws, float)
+    smoothed = np.stack([smooth(_flat(Z), LATENT_SMOOTH, dt) / dt for Z in draws])      # (S, M, B*T) Hz
+    lo, hi = np.quantile(smoothed, [0.05, 0.95], axis=0)
+    truth = smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt
+    coverage = ((truth >= lo) & (truth <= hi)).mean(-1)
+    estimates = {k: (float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))), len(v))
+                 for k, v in log_p.items()}
+    a, b = TARGET_COVERAGE
+    return {"coverage": [float(c) for c in coverage], "band_width_Hz": [float(w) for w in (hi - lo).mean(-1)],
+            "sweeps": len(draws), "log_p": estimates, "coverage_ok": bool(all(a <= c <= b for c in coverage[:2]))}
 
 
 def pearson_rmse(estimate, truth):
@@ -371,6 +414,26 @@ def stimulation_trials(net_true, net_fit, scheme, dt, K, trials, search_steps, s
     return {"amplitude": amplitude, "search": search, "trials": A, "seeds": used}
 
 
+def posterior_samples(theta_fit, points, window, scheme, particles, sweeps, seeds, log=lambda msg: None):
+    """The computations of section 1b: `sweeps` particle Gibbs draws at theta_fit (after POSTERIOR_BURN_IN),
+    and log p_hat(y | theta) at each theta of points {name: theta}, one filter pass per seed "log p_hat:
+    pass r" of seeds (posterior_seeds). float32 filters, as the fits run them. Returns draws (S, B, M, T)
+    and log_p {name: [log p_hat per pass]}."""
+    import tensorflow as tf
+
+    from . import smc
+    chain_seed = seeds["posterior band: particle Gibbs chain"]
+    draws, _ = smc.gibbs_chain(theta_fit, window, particles, sweeps, chain_seed, scheme, burn_in=POSTERIOR_BURN_IN,
+                               dtype=tf.float32)
+    log(f"posterior band: {sweeps} particle Gibbs draws ({particles} particles)")
+    passes = [v for k, v in seeds.items() if k.startswith("log p_hat")]
+    log_p = {name: [smc.log_likelihood(theta, window, particles, np.random.SeedSequence(list(seed)), scheme,
+                                       dtype=tf.float32) for seed in passes]
+             for name, theta in points.items()}
+    log(f"log p_hat: {len(passes)} passes at each of {', '.join(points)}")
+    return draws, log_p
+
+
 def free_batches(net, dt, K, scheme, n_batches, T, seed, I_ext=None, A0=None):
     """n_batches independent free simulations of the mesoscopic model (model.md section 5) with the
     integrator `scheme`, all advanced together (the batch axis of src.fast_np.simulate). Returns Z
@@ -472,16 +535,18 @@ class Context:
     seeds: dict                 # {what: seed} of every simulation, the training's included
     versions: dict              # src.cli.software_versions of this call
     timings: dict               # {part of the report: s}
+    map_numbers: dict = None    # --estep smc: the MAP report.json of the same folder, if there is one
 
     @property
     def best(self):
         return next(iter(self.runs))
 
 
-def render_markdown(ctx, latent, parameters, metastability, stimulation):
+def render_markdown(ctx, latent, parameters, metastability, stimulation, posterior=None):
     """The text of report.md: the measures (measure_latent, measure_parameters, measure_metastability,
-    measure_stimulation) with the context ctx (Context) they were made in. Without ground truth
-    (latent, metastability and stimulation None) the sections of NEEDS_TRUTH say what they need."""
+    measure_stimulation, and for SMC runs measure_posterior) with the context ctx (Context) they were made
+    in. Without ground truth (latent, metastability and stimulation None) the sections of NEEDS_TRUTH say
+    what they need."""
     if latent is None:
         missing = [f"## {section}\n\nNot measured: it needs {what}, which only a simulated recording has "
                    "(`python -m src.microsim`); this one has no ground truth.\n" for section, what in NEEDS_TRUTH.items()]
@@ -518,6 +583,10 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
           f"| {_met(stimulation['switch_ok'])} |")
     else:
         w("| switch probability under stimulation | no amplitude found | **not met** |")
+    if posterior is not None:
+        a, b = TARGET_COVERAGE
+        w(f"| the posterior's 90% band covers the true activity in {a:.0%}-{b:.0%} of bins for {names[0]} and "
+          f"{names[1]} | {', '.join(f'{c:.0%}' for c in posterior['coverage'])} | {_met(posterior['coverage_ok'])} |")
     w("")
 
     w("## 1. Latent inference\n")
@@ -555,6 +624,9 @@ def render_markdown(ctx, latent, parameters, metastability, stimulation):
         w(f"| {name} | {ctx.runs[name].final_loss:.6f} | " + " | ".join(_fmt(x) for x in r) + " |")
     w("")
 
+    if posterior is not None:
+        md += _posterior_section(posterior, ctx, names, report_numbers(ctx, latent, parameters, metastability,
+                                                                       stimulation, posterior))
     md += _parameters_section(parameters, best)
 
     w("## 3. Metastable dynamics\n")
@@ -630,6 +702,56 @@ def _header(ctx):
     return md
 
 
+def _posterior_section(posterior, ctx, names, numbers):
+    """Section 1b of report.md (--estep smc): the band's coverage and log p_hat (measure_posterior), and
+    the numbers of this report (report_numbers) next to the MAP report's."""
+    opt, md = ctx.options, []
+    w = md.append
+    w("## 1b. Posterior of the latent (posterior E-step)\n")
+    w(f"At the best run's theta: {posterior['sweeps']} draws of particle Gibbs with ancestor sampling "
+      f"({opt.particles} particles, {POSTERIOR_BURN_IN} sweeps discarded first), each smoothed "
+      f"{LATENT_SMOOTH * 1e3:g} ms like the truth; the band is their 5-95% quantiles per bin. neuLVM's row "
+      "in section 1 is the posterior mean that the fit saved.\n")
+    w("| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    w("| bins covered by the 90% band | " + " | ".join(f"{c:.1%}" for c in posterior["coverage"]) + " |")
+    w("| mean width of the band (Hz) | " + " | ".join(f"{x:.2f}" for x in posterior["band_width_Hz"]) + " |")
+    w(f"\nlog p_hat(y | theta) of the observed spikes, mean and Monte Carlo standard error over "
+      f"{opt.repeats} filter passes ({opt.particles} particles, float32, the same seeds at every theta):\n")
+    w("| theta | log p_hat(y \\| theta) |\n|---|---|")
+    for name, (mean, se, n) in posterior["log_p"].items():
+        w(f"| {name} | {mean:.1f} +- {se:.1f} |")
+    w("")
+    if ctx.map_numbers is not None:
+        rows = [("MAP (report.json of this folder)", side_by_side(ctx.map_numbers)),
+                ("SMC (this report)", side_by_side(numbers))]
+        w("The best MAP run (from the MAP report of the same folder, its own simulations and seeds) next "
+          "to the best SMC run:\n")
+        w("| E-step | best run | J errors | r of the latent | mean dominance (s) | switch fraction under "
+          "stimulation |\n|---|---|---|---|---|---|")
+        for label, row in rows:
+            w(f"| {label} | {row['run']} | {' / '.join(_pct(e) for e in row['J_errors'])} | "
+              f"{' / '.join(_fmt(x) for x in row['r'])} | {_fmt(row['mean_dominance'], 2)} | "
+              f"{_fmt(row['switch_fraction'], 2)} |")
+        w("")
+    else:
+        w("No MAP report in this folder (`python -m src.report` writes it) to compare with.\n")
+    return md
+
+
+def side_by_side(numbers):
+    """The headline numbers of one report.json (report_numbers): best run, J errors, r of the latent,
+    the fitted model's mean dominance duration and its switch fraction under stimulation (None where
+    not measured)."""
+    best = numbers["best_run"]
+    params = numbers["parameters"][best]["parameters"]
+    durations = ((numbers.get("dominance") or {}).get(FITTED) or {}).get("durations_s") or []
+    fraction = ((numbers.get("stimulation") or {}).get("switch_fraction") or {}).get(FITTED)
+    return {"run": best, "J_errors": [q["rel_error"] for q in params if q["name"].startswith("J_")],
+            "r": (numbers.get("latent") or {}).get("neuLVM", {}).get("r", []),
+            "mean_dominance": float(np.mean(durations)) if durations else None,
+            "switch_fraction": None if fraction is None else fraction[0]}
+
+
 def _parameters_section(parameters, best):
     """Section 2 of report.md: the parameters of every run (measure_parameters)."""
     md = []
@@ -670,7 +792,7 @@ def _reproducibility_section(ctx):
     return md
 
 
-def report_numbers(ctx, latent, parameters, metastability, stimulation):
+def report_numbers(ctx, latent, parameters, metastability, stimulation, posterior=None):
     """The content of report.json: the numbers of report.md, machine-readable (NaN as null). Without
     ground truth (latent None) the parameters, and what was not measured (NEEDS_TRUTH)."""
     s = ctx.runs[ctx.best]
@@ -686,7 +808,8 @@ def report_numbers(ctx, latent, parameters, metastability, stimulation):
         **common,
         "targets": {"neulvm_beats_init": latent["beats_init"], "neulvm_beats_gpfa": latent["beats_gpfa"],
                     "mean_dominance_within_factor": metastability["dominance_ok"],
-                    "switch_fraction_within": stimulation["switch_ok"]},
+                    "switch_fraction_within": stimulation["switch_ok"],
+                    **({} if posterior is None else {"posterior_band_coverage": posterior["coverage_ok"]})},
         "latent": {k: {"r": [x[0] for x in v], "rmse_Hz": [x[1] for x in v]} for k, v in scores.items()},
         "latent_r_per_run": latent["run_r"], "gpfa_chance_r95": latent["gpfa_null"],
         "gpfa_note": latent["gpfa_note"],
@@ -700,7 +823,15 @@ def report_numbers(ctx, latent, parameters, metastability, stimulation):
         "stimulation": {"amplitude": stimulation["amplitude"], "search": stimulation["search"],
                         "switch_fraction": stimulation["fractions"],
                         "response_r_rmse_vs_network": stimulation["response"]},
+        **({} if posterior is None else {"posterior": {
+            "coverage_90": posterior["coverage"], "band_width_Hz": posterior["band_width_Hz"],
+            "sweeps": posterior["sweeps"], "log_p_hat_mean_se_passes": posterior["log_p"],
+            "coverage_within_target": posterior["coverage_ok"]}}),
         "seeds": ctx.seeds, "versions": ctx.versions, "seconds": ctx.timings})
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:+.0f}%"
 
 
 def _fmt(x, digits=3):
@@ -772,7 +903,8 @@ def make_report(opt, argv):
     folder = opt.result_dir
     if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
         folder = os.path.join(repo, folder)      # the default, asked from outside the repository
-    runs = {name: r for name, r in find_runs(folder).items() if r.options.get("estep", "map") == opt.estep}
+    every_run = find_runs(folder)
+    runs = {name: r for name, r in every_run.items() if r.options.get("estep", "map") == opt.estep}
     if not runs:
         raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
                        + (" -- --estep smc --train_folderbase smc" if opt.estep == "smc" else ""))
@@ -803,11 +935,15 @@ def make_report(opt, argv):
     log(f"best run {best} of {len(runs)} (final loss {s.final_loss:.6f}); data {dataset}")
 
     def finish(measures, seeds_used):
-        """Write report.json and report.md of measures (latent, parameters, metastability, stimulation)."""
+        """Write report.json and report.md of measures (latent, parameters, metastability, stimulation,
+        and posterior or None)."""
         timings["total"] = time.time() - start
         versions = software_versions("matplotlib", "tensorflow", "elephant", "neo", "quantities", "sklearn")
+        map_report = os.path.join(folder, "report.json")
+        map_numbers = load_json(map_report) if opt.estep == "smc" and os.path.exists(map_report) else None
         ctx = Context(folder=folder, runs=runs, options=opt, dataset=dataset, recording_seed=rec.seed,
-                      argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings)
+                      argv=list(argv), cwd=os.getcwd(), seeds=seeds_used, versions=versions, timings=timings,
+                      map_numbers=map_numbers)
         save_json(os.path.join(out, "report.json"), report_numbers(ctx, *measures))
         path = os.path.join(out, "report.md")
         save_text(path, render_markdown(ctx, *measures))
@@ -816,7 +952,7 @@ def make_report(opt, argv):
 
     if not rec.has_truth:          # an imported recording (src.dataset): only what needs no truth
         log(f"{dataset} has no ground truth: {'; '.join(NEEDS_TRUTH)} need a simulated recording, not measured")
-        return finish((None, measure_parameters(runs), None, None),
+        return finish((None, measure_parameters(runs), None, None, None),
                       {"initial parameters of each run (train_Noinit)": {n: r.seed for n, r in runs.items()}})
 
     # ---------------------------------------------------------------- 1. latent inference, 2. parameters
@@ -830,6 +966,22 @@ def make_report(opt, argv):
     parameters = measure_parameters(runs)
     timings["latent inference"] = time.time() - t0
     log("latent inference done")
+    posterior, posterior_seed_list = None, {}
+    if opt.estep == "smc":                        # 1b. the posterior of the latent at the fit
+        t0 = time.time()
+        points = {f"SMC fit ({best})": np.asarray(s.theta_final)}
+        map_runs = {n: r for n, r in every_run.items() if r.options.get("estep", "map") == "map"
+                    and r.scheme == scheme and r.dt == dt}
+        if map_runs:
+            map_best = min(map_runs, key=lambda n: map_runs[n].final_loss)
+            points[f"MAP fit ({map_best})"] = np.asarray(map_runs[map_best].theta_final)
+        points["truth"] = net_true.theta
+        posterior_seed_list = posterior_seeds(opt.seed, opt.repeats)
+        draws, log_p = posterior_samples(points[f"SMC fit ({best})"], points, window, scheme, opt.particles,
+                                         opt.sweeps, posterior_seed_list, log)
+        posterior = measure_posterior(draws, window.Z_true, dt, log_p)
+        timings["posterior of the latent"] = time.time() - t0
+        log("posterior of the latent done")
 
     # ---------------------------------------------------------------- 3. metastable dynamics
     t0 = time.time()
@@ -840,7 +992,7 @@ def make_report(opt, argv):
                 dt, names)
     seeds_used = {"training data (microscopic network)": rec.seed,
                   "initial parameters of each run (train_Noinit)": {n: r.seed for n, r in runs.items()},
-                  **simulated["seeds"]}
+                  **posterior_seed_list, **simulated["seeds"]}
     timings["metastable dynamics"] = time.time() - t0
     log("metastable dynamics done")
 
@@ -857,7 +1009,7 @@ def make_report(opt, argv):
     log("stimulation done")
 
     # ---------------------------------------------------------------- write
-    return finish((latent, parameters, metastability, stimulation), seeds_used)
+    return finish((latent, parameters, metastability, stimulation, posterior), seeds_used)
 
 
 def main(argv=None):

@@ -189,6 +189,35 @@ def summary(seed, theta_true, theta_init, theta_final, steps, finished):
                       finished=finished, theta_final=theta_final, final_loss=-float(steps))
 
 
+def test_measure_posterior_counts_the_bins_inside_the_band_of_the_smoothed_draws():
+    """Coverage against numpy by hand (sorted draws, interpolated quantiles, scipy's smoothing) on random
+    draws over 2 batches; a truth set to the draws' smoothed median is covered everywhere, one far above
+    them nowhere; log p_hat's mean and standard error."""
+    rng = np.random.default_rng(3)
+    S, B, M, T = 40, 2, 3, 150
+    draws = np.clip(0.02 + 0.01 * rng.normal(size=(S, B, M, T)), 0, 1)
+    truth = np.clip(0.02 + 0.012 * rng.normal(size=(B, M, T)), 0, 1)
+    flat = lambda Z: np.concatenate(list(Z), axis=-1)                      # (B, M, T) -> (M, B*T)  # noqa: E731
+    smoothed = np.sort(np.stack([gauss(flat(Z)) / DT for Z in draws]), axis=0)  # (S, M, B*T) Hz, sorted
+    position = np.array([0.05, 0.95]) * (S - 1)                            # numpy's default (linear) quantiles
+    below, frac = np.floor(position).astype(int), position - np.floor(position)
+    lo, hi = (smoothed[b] + f * (smoothed[b + 1] - smoothed[b]) for b, f in zip(below, frac))
+    true = gauss(flat(truth)) / DT
+    expected = ((true >= lo) & (true <= hi)).mean(-1)
+    log_p = {"fit": [-10.0, -12.0, -11.0], "truth": [-9.0, -9.5]}
+    out = report.measure_posterior(draws, truth, DT, log_p)
+    np.testing.assert_allclose(out["coverage"], expected, rtol=0, atol=1e-12)
+    assert 0.3 < min(expected) and max(expected) < 0.99       # a case where the count matters
+    np.testing.assert_allclose(out["band_width_Hz"], (hi - lo).mean(-1), rtol=1e-12)
+    assert out["log_p"]["fit"] == pytest.approx((-11.0, 1 / np.sqrt(3), 3))
+    assert out["log_p"]["truth"] == pytest.approx((-9.25, 0.25, 2))
+    a, b = report.TARGET_COVERAGE
+    assert out["coverage_ok"] == all(a <= c <= b for c in expected[:2]) and out["sweeps"] == S
+    median = np.median(draws, axis=0)                          # smoothing is linear: inside the band
+    assert report.measure_posterior(draws, median, DT, log_p)["coverage"] == pytest.approx([1.0] * M)
+    assert report.measure_posterior(draws, median + 0.1, DT, log_p)["coverage"] == [0.0] * M
+
+
 def test_measure_parameters_gives_each_runs_relative_errors_in_the_order_given():
     runs = {"train3": summary(3, [50.0, -4.0], [70.0, -2.0], [60.0, -5.0], 4, False),
             "train0": summary(0, [50.0, -4.0], [20.0, -8.0], [25.0, -3.0], 2, True)}
@@ -347,16 +376,19 @@ def test_free_simulation_with_true_parameters_matches_the_network():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 2.2 s recording, one run of one short EM step on a 1 s window, and one killed run."""
+    """A 2.2 s recording, one run of one short EM step on a 1 s window (MAP, train0, and the posterior
+    E-step, smc0), and one killed run."""
     root = tmp_path_factory.mktemp("report")
     dataset = str(root / "rec.npz")
     save_recording(dataset, simulate_recording(winner_take_all(), 2.2, seed=3))
-    out = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_meso.py"), "--dataset", dataset, "--trial_length", "1",
-         "--t_perbatch", "1", "--end_timepoint", "2", "--max_EMsteps", "1", "--Emaxiters", "5",
-         "--Mmaxiters", "5", "--threads", "1", "--SAVE_DIR", str(root) + os.sep],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    for estep in (["--estep", "map"], ["--estep", "smc", "--particles", "20", "--draws", "1",
+                                       "--train_folderbase", "smc"]):
+        out = subprocess.run(
+            [sys.executable, os.path.join(REPO, "train_meso.py"), "--dataset", dataset, "--trial_length", "1",
+             "--t_perbatch", "1", "--end_timepoint", "2", "--max_EMsteps", "1", "--Emaxiters", "5",
+             "--Mmaxiters", "5", "--threads", "1", "--SAVE_DIR", str(root) + os.sep, *estep],
+            check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
     folder = str(root / "data2")
     os.makedirs(os.path.join(folder, "train1"))              # killed before its first EM step
     return folder
@@ -428,6 +460,42 @@ def test_report_runs_end_to_end_and_writes_every_section(trained):
     A = report.micro_trials(rec.network, report.AMP_START, 3, search_seed, dt)             # 3 trials
     fraction, n = report.switch_fraction(*report.classify_trials(A, dt))
     assert numbers["stimulation"]["search"][0] == [report.AMP_START, pytest.approx(fraction), n]
+
+
+@pytest.mark.slow
+def test_smc_report_measures_the_posterior_and_sets_it_next_to_map(trained):
+    """--estep smc reports the SMC run only, into report_smc/: the band's coverage and log p_hat at the
+    SMC fit, the MAP fit and the truth (recomputed here from the seeds it lists), the coverage target,
+    and the MAP report's headline numbers next to its own."""
+    if not os.path.exists(os.path.join(trained, "report.json")):          # the MAP report, to compare with
+        with pytest.warns(UserWarning, match="train1"):
+            assert report.main(["--result_dir", trained, *TINY]) == 0
+    posterior = ["--particles", "20", "--sweeps", "3", "--repeats", "2"]
+    with pytest.warns(UserWarning, match="train1"):
+        assert report.main(["--result_dir", trained, "--estep", "smc", *TINY, *posterior]) == 0
+    out = os.path.join(trained, "report_smc")
+    text = open(os.path.join(out, "report.md")).read()
+    numbers = load_json(os.path.join(out, "report.json"))
+    assert numbers["best_run"] == "smc0" and numbers["runs"] == ["smc0"]
+    assert "## 1b. Posterior of the latent" in text and "posterior's 90% band covers" in text
+    assert "MAP (report.json of this folder) | train0 |" in text and "SMC (this report) | smc0 |" in text
+    assert set(numbers["posterior"]["log_p_hat_mean_se_passes"]) == {"SMC fit (smc0)", "MAP fit (train0)", "truth"}
+
+    s = RunSummary.load(os.path.join(trained, "smc0", "summary.json"))
+    from src.helper import make_window
+    o = s.options
+    window = make_window(load_recording(s.dataset["path"]), s.dt, o["trial_length"], o["t_perbatch"],
+                         o["end_timepoint"], o["a_cutoff"], o["Nsampled"])
+    seeds = {k: tuple(v) if isinstance(v, list) else v for k, v in numbers["seeds"].items()
+             if k.startswith(("posterior", "log p_hat"))}
+    assert seeds == report.posterior_seeds(2022, 2)
+    truth = load_recording(s.dataset["path"]).network.theta
+    draws, log_p = report.posterior_samples(np.asarray(s.theta_final), {"truth": truth}, window, s.scheme, 20, 3,
+                                            seeds)
+    again = report.measure_posterior(draws, window.Z_true, s.dt, log_p)
+    np.testing.assert_allclose(numbers["posterior"]["coverage_90"], again["coverage"], rtol=0, atol=0)
+    assert numbers["posterior"]["log_p_hat_mean_se_passes"]["truth"] == pytest.approx(list(again["log_p"]["truth"]),
+                                                                                      rel=1e-12)
 
 
 def test_report_refuses_the_training_seed_and_reports_missing_results(trained, tmp_path, capsys):
