@@ -893,7 +893,7 @@ def make_report(opt, argv):
     from .dataset import DatasetError, load_recording
     from .helper import make_window
     from .microsim import use_one_tf_thread
-    from .runs import find_runs
+    from .runs import SMC_REPORT_DIR, find_runs
     start = time.time()
     timings = {}
     log = lambda msg: print(f"[report {time.time() - start:6.1f} s] {msg}", flush=True)   # noqa: E731
@@ -908,7 +908,7 @@ def make_report(opt, argv):
     if not runs:
         raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
                        + (" -- --estep smc --train_folderbase smc" if opt.estep == "smc" else ""))
-    out = folder if opt.estep == "map" else os.path.join(folder, "report_smc")    # where the report goes
+    out = folder if opt.estep == "map" else os.path.join(folder, SMC_REPORT_DIR)    # where the report goes
     os.makedirs(out, exist_ok=True)
     runs = dict(sorted(runs.items(), key=lambda item: item[1].final_loss))     # the best first
     best = next(iter(runs))

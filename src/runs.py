@@ -14,13 +14,16 @@ import numpy as np
 from .results import ResultFileError, RunSummary
 
 
+SMC_REPORT_DIR = "report_smc"      # src.report --estep smc writes here, beside the runs: not a run
+
+
 def find_runs(folder):
     """{run name: src.results.RunSummary} of the runs in folder with a readable summary.json and a
     final loss (at least one complete EM step). Missing or partial runs are skipped with a warning."""
     runs = {}
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     for name in names:
-        if not os.path.isdir(os.path.join(folder, name)):
+        if not os.path.isdir(os.path.join(folder, name)) or name == SMC_REPORT_DIR:
             continue
         try:
             summary = RunSummary.load(os.path.join(folder, name, "summary.json"))

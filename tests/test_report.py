@@ -24,6 +24,7 @@ from src.microsim import MICRO_DT, pulse_input, simulate, simulate_recording
 from src.network import winner_take_all
 from src.report import FITTED, NETWORK, TRUE_MODEL
 from src.results import TMP_SUFFIX, RunSummary, load_arrays, load_json
+from src.runs import find_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DT = 0.004
@@ -496,6 +497,10 @@ def test_smc_report_measures_the_posterior_and_sets_it_next_to_map(trained):
     np.testing.assert_allclose(numbers["posterior"]["coverage_90"], again["coverage"], rtol=0, atol=0)
     assert numbers["posterior"]["log_p_hat_mean_se_passes"]["truth"] == pytest.approx(list(again["log_p"]["truth"]),
                                                                                       rel=1e-12)
+    with warnings.catch_warnings(record=True) as caught:            # report_smc/ is not taken for a run
+        warnings.simplefilter("always")
+        assert set(find_runs(trained)) == {"train0", "smc0"}
+    assert [str(w.message) for w in caught if "report_smc" in str(w.message)] == []
 
 
 def test_report_refuses_the_training_seed_and_reports_missing_results(trained, tmp_path, capsys):
