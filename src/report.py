@@ -729,8 +729,8 @@ def _posterior_section(posterior, ctx, names, numbers):
         w("| E-step | best run | J errors | r of the latent | mean dominance (s) | switch fraction under "
           "stimulation |\n|---|---|---|---|---|---|")
         for label, row in rows:
-            w(f"| {label} | {row['run']} | {' / '.join(_pct(e) for e in row['J_errors'])} | "
-              f"{' / '.join(_fmt(x) for x in row['r'])} | {_fmt(row['mean_dominance'], 2)} | "
+            w(f"| {label} | {row['run']} | {' / '.join(_pct(e) for e in row['J_errors']) or 'n/a'} | "
+              f"{' / '.join(_fmt(x) for x in row['r']) or 'n/a'} | {_fmt(row['mean_dominance'], 2)} | "
               f"{_fmt(row['switch_fraction'], 2)} |")
         w("")
     else:
@@ -740,14 +740,14 @@ def _posterior_section(posterior, ctx, names, numbers):
 
 def side_by_side(numbers):
     """The headline numbers of one report.json (report_numbers): best run, J errors, r of the latent,
-    the fitted model's mean dominance duration and its switch fraction under stimulation (None where
-    not measured)."""
-    best = numbers["best_run"]
-    params = numbers["parameters"][best]["parameters"]
+    the fitted model's mean dominance duration and its switch fraction under stimulation (None or empty
+    where not measured, or not in a report.json written by an earlier version)."""
+    best = numbers.get("best_run")
+    params = (((numbers.get("parameters") or {}).get(best) or {}).get("parameters")) or []
     durations = ((numbers.get("dominance") or {}).get(FITTED) or {}).get("durations_s") or []
     fraction = ((numbers.get("stimulation") or {}).get("switch_fraction") or {}).get(FITTED)
-    return {"run": best, "J_errors": [q["rel_error"] for q in params if q["name"].startswith("J_")],
-            "r": (numbers.get("latent") or {}).get("neuLVM", {}).get("r", []),
+    return {"run": best, "J_errors": [q.get("rel_error") for q in params if str(q.get("name")).startswith("J_")],
+            "r": ((numbers.get("latent") or {}).get("neuLVM") or {}).get("r") or [],
             "mean_dominance": float(np.mean(durations)) if durations else None,
             "switch_fraction": None if fraction is None else fraction[0]}
 

@@ -219,6 +219,20 @@ def test_measure_posterior_counts_the_bins_inside_the_band_of_the_smoothed_draws
     assert report.measure_posterior(draws, median + 0.1, DT, log_p)["coverage"] == [0.0] * M
 
 
+def test_side_by_side_reads_a_report_json_and_tolerates_an_older_one():
+    numbers = {"best_run": "train0", "latent": {"neuLVM": {"r": [0.9, 0.8, 0.1]}},
+               "parameters": {"train0": {"parameters": [{"name": "amem_1", "rel_error": 0.5},
+                                                        {"name": "J_1", "rel_error": 0.25},
+                                                        {"name": "J_2", "rel_error": -0.5}]}},
+               "dominance": {FITTED: {"durations_s": [2.0, 4.0]}},
+               "stimulation": {"switch_fraction": {FITTED: [0.25, 8]}}}
+    assert report.side_by_side(numbers) == {"run": "train0", "J_errors": [0.25, -0.5], "r": [0.9, 0.8, 0.1],
+                                            "mean_dominance": 3.0, "switch_fraction": 0.25}
+    older = {"best_run": "train0", "dominance": {FITTED: {"durations_s": []}}}     # no parameters, no latent
+    assert report.side_by_side(older) == {"run": "train0", "J_errors": [], "r": [], "mean_dominance": None,
+                                          "switch_fraction": None}
+
+
 def test_measure_parameters_gives_each_runs_relative_errors_in_the_order_given():
     runs = {"train3": summary(3, [50.0, -4.0], [70.0, -2.0], [60.0, -5.0], 4, False),
             "train0": summary(0, [50.0, -4.0], [20.0, -8.0], [25.0, -3.0], 2, True)}
