@@ -20,7 +20,14 @@ while [ $# -gt 0 ]; do
 done
 case "$jobs" in ''|*[!0-9]*|0) echo "3pop_neuLVM.sh: -j must be a whole number >= 1, got '$jobs'" >&2; exit 2 ;; esac
 save_dir="result/3pop example/"
-folder="${save_dir}data11"
+# where the runs write, as train_meso.py itself resolves the options passed through (--SAVE_DIR,
+# --end_timepoint, --train_folderbase); options it refuses leave the defaults here, and each run says why
+where=$(python -c 'import os, sys, train_meso
+o = train_meso.parse_options(sys.argv[1:])
+print(os.path.dirname(train_meso.run_folder(o))); print(o.train_folderbase)' --SAVE_DIR "$save_dir" "$@" 2>/dev/null) \
+  || where=$(printf '%s\n%s' "${save_dir}data11" train)
+folder=$(echo "$where" | sed -n 1p)
+base=$(echo "$where" | sed -n 2p)
 mkdir -p "$folder"
 threads=1   # one intra-op thread per run is fastest here (src/LIFmesoCell.py)
 
@@ -31,7 +38,7 @@ every=30
 status_line() {
   local line="" i text
   for i in "${names[@]}"; do
-    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|done in|resuming)' "$folder/train${i}.out" 2>/dev/null | tail -n 1)
+    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|done in|resuming)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
     case "$text" in
       *" done in "*) text="done" ;;
       *" M-step "*) text="EM step $(echo "$text" | sed -E 's/.* M-step ([0-9]+):.*/\1/') (E-step)" ;;
@@ -61,7 +68,7 @@ pids=()
 names=()
 for i in $runs; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do show_status; sleep 1; done
-  log="$folder/train${i}.out"
+  log="$folder/${base}${i}.out"
   [ -t 1 ] && printf '\r\033[K'
   echo "run $i -> $log"
   python train_meso.py --train_Noinit "$i" --SAVE_DIR "$save_dir" --threads "$threads" "$@" > "$log" 2>&1 &
@@ -71,7 +78,7 @@ while [ "$(jobs -rp | wc -l)" -gt 0 ]; do show_status; sleep 1; done
 show_status final
 for k in "${!pids[@]}"; do
   if ! wait "${pids[$k]}"; then
-    echo "run ${names[$k]} FAILED: see $folder/train${names[$k]}.out" >&2
+    echo "run ${names[$k]} FAILED: see $folder/${base}${names[$k]}.out" >&2
     failed=1
   fi
 done

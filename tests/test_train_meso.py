@@ -683,3 +683,16 @@ def test_smc_fit_files_and_resume_to_the_same_result(tmp_path):
     np.testing.assert_allclose(whole.final_loss, -float(last["log_p_hat"]) / n, rtol=1e-12)
     np.testing.assert_allclose(last["saem_c"].sum(), 1.0, rtol=1e-12)
     assert os.path.exists(os.path.join(folder, "E_1_0.png"))
+
+
+def test_the_five_run_script_writes_its_logs_where_the_runs_go(tmp_path):
+    """3pop_neuLVM.sh with --SAVE_DIR, --end_timepoint and --train_folderbase passed through: the run's
+    log lies beside its folder under the run's own name (not train{i}.out of data11), the summary names it."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "3pop_neuLVM.sh"), "-j", "1", "--runs", "0", "--", "--dataset",
+                          DATASET, *TINY, "--max_EMsteps", "1", "--SAVE_DIR", str(tmp_path) + "/",
+                          "--train_folderbase", "alt"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = os.path.join(str(tmp_path), "data0.6")
+    assert sorted(os.listdir(folder)) == ["alt0", "alt0.out"]
+    assert "done in" in open(os.path.join(folder, "alt0.out")).read()
+    assert f"best run: {os.path.join(folder, 'alt0')}" in out.stdout
