@@ -121,6 +121,7 @@ def save_recording(path, recording):
         arrays["unit_ids"] = np.asarray(recording.unit_ids, dtype=np.str_)
     if recording.source:
         arrays["source"] = np.str_(recording.source)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # --out result/new/rec.npz works
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 

@@ -62,6 +62,13 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     assert os.listdir(tmp_path) == ["rec.npz"]
 
 
+def test_the_folder_of_a_new_recording_is_made(tmp_path):
+    # python -m src.microsim --out result/sweeps/data/wta200s.npz on a fresh clone: result/ does not exist
+    path = tmp_path / "new" / "data" / "rec.npz"
+    save_recording(path, small_recording(seed=3))
+    assert load_recording(path).seed == 3
+
+
 def corrupt(path, **changes):
     """Rewrite the archive at path with some fields replaced (None = removed)."""
     arrays = fields_of(path)
