@@ -42,6 +42,7 @@ come from the one `np.random.Generator` passed in: the input noise first, then t
 state, then the thresholds, segment by segment.
 """
 import functools
+import os
 import sys
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import lfilter
 
 from src import __version__
-from src.cli import REQUIRED, check, option, parse, run
+from src.cli import REQUIRED, UsageError, check, option, parse, run
 from src.network import Network, winner_take_all
 
 PROG = "python -m src.microsim"
@@ -446,6 +447,13 @@ def main(argv):
                  "write a dataset file (.npz, src/dataset.py).")
     check([(args.n_recorded >= 30, f"--n_recorded must be >= 30 (the dataset format), got {args.n_recorded!r}"),
            (args.input in ("none", "pulses", "ou"), f"--input must be none, pulses or ou, got {args.input!r}")])
+    folder = os.path.dirname(os.path.abspath(args.out))
+    check([(os.path.isdir(folder) or not os.path.exists(folder), f"--out {args.out}: {folder} is a file, not a folder")])
+    try:                        # now, not after minutes of simulation
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {args.out}: cannot make its folder {folder} ({err.strerror})") from None
+    check([(os.access(folder, os.W_OK), f"--out {args.out}: its folder {folder} is not writable")])
     use_one_tf_thread()
     from src.dataset import save_recording
 

@@ -254,13 +254,17 @@ def test_command_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["--out", "x.npz", "--seed", "1", "--bogus", "2"],
                                   ["--out", "x.npz"],
                                   ["--out", "x.npz", "--seed", "1", "--n_recorded", "3"],
-                                  ["--out", "/nonexistent/dir/x.npz", "--seed", "1", "--duration", "0.01"]])
-def test_command_line_errors_are_one_line(argv, capsys):
-    """As `python -m src.microsim` runs main: through src.cli.run, which gives the exit status."""
+                                  ["--out", "{a_file}/dir/x.npz", "--seed", "1", "--duration", "0.01"]])
+def test_command_line_errors_are_one_line(argv, capsys, tmp_path):
+    """As `python -m src.microsim` runs main: through src.cli.run, which gives the exit status.
+    The last --out lies under a regular file: no user, root included, can make its folder."""
     from src.cli import run
     from src.microsim import PROG
 
+    (tmp_path / "a_file").write_text("")
+    argv = [a.format(a_file=tmp_path / "a_file") for a in argv]
     status = run(PROG, main, argv)
     assert status == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: ") and "Traceback" not in err, err
+    assert out == "", out                  # refused before simulating, nothing written
