@@ -618,6 +618,28 @@ def _groups(rows, axis=None):
     return groups
 
 
+def window_spread(cells, theta_names):
+    """[{the setting (the grid cell but its window), windows: how many, spread_{name}: (median, 25th
+    and 75th percentile, min, max) of fitted / true over the windows}]: for each setting fitted on two
+    windows or more, the best restart of each window (the paper's protocol: where the fit of one
+    window lands). Cells without ground truth are left out."""
+    import numpy as np
+
+    from .plots import SWEEP_KEYS
+    spread = []
+    for setting, group in _groups(cells, "end_timepoint").items():
+        group = [c for c in group if c[f"err_{theta_names[0]}"] is not None]
+        if len(group) < 2:
+            continue
+        row = {k: v for k, v in zip([k for k in SWEEP_KEYS if k != "end_timepoint"], setting)}
+        row["windows"] = len(group)
+        for n in theta_names:
+            ratio = 1 + np.array([c[f"err_{n}"] for c in group])
+            row[f"spread_{n}"] = (*np.percentile(ratio, [50, 25, 75]), ratio.min(), ratio.max())
+        spread.append(row)
+    return spread
+
+
 def csv_text(rows, columns):
     import csv
     import io
@@ -641,6 +663,8 @@ def markdown_summary(folder, rows, cells, theta_names):
             return f"{value:.4f}"
         if key == "seconds":
             return duration_text(value)
+        if key.startswith("spread_"):
+            return "{:.2f} [{:.2f}, {:.2f}] ({:.2f}-{:.2f})".format(*value)
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def table(items, columns):
@@ -648,6 +672,12 @@ def markdown_summary(folder, rows, cells, theta_names):
         lines += ["| " + " | ".join(cell_text(k, r.get(k)) for k in columns) + " |" for r in items]
         return "\n".join(lines)
 
+    spread = window_spread(cells, theta_names)
+    spread_section = [] if not spread else [
+        "## Spread over windows (best restart of each window)", "",
+        "fitted / true of each parameter: median [25th, 75th percentile] (min-max) over the windows.", "",
+        table(spread, [k for k in spread[0] if not k.startswith("spread_")] + [f"spread_{n}" for n in theta_names]),
+        ""]
     r_columns = [k for k in rows[0] if k.startswith("r_")]
     err_columns = [f"err_{n}" for n in theta_names]
     common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns]
@@ -658,7 +688,7 @@ def markdown_summary(folder, rows, cells, theta_names):
         "", "## Best restart of each grid cell (lowest final loss)", "",
         table(cells, ["dataset", "end_timepoint", "Nsampled", "scheme", "estep", "restarts", "run", *common]),
         "", "## Every fit", "",
-        table(rows, ["cell", "run", *common]), ""])
+        table(rows, ["cell", "run", *common]), ""] + spread_section)
 
 
 def main(argv=None):

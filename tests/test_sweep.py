@@ -237,3 +237,16 @@ def test_summarize_tables_and_figures(scenario):
         assert line.startswith(f"2,{best['cell']},{best['run']},"), (line, best)
     for name in ("fits.csv", "summary.md", "errors_vs_window.png", "spread_over_windows.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+
+def test_window_spread_is_over_the_windows_of_each_setting():
+    """Percentiles by hand: fitted / true 0.4, 1.0, 2.0 over three windows -> median 1.0, quartiles
+    0.7 and 1.5 (linear interpolation); a setting with one window, and cells without truth, are left out."""
+    def cell(end, estep, err):
+        return {"dataset": "rec.npz", "end_timepoint": end, "Nsampled": 3, "scheme": "exact", "estep": estep,
+                "err_J_1": err}
+    cells = [cell(35, "map", -0.6), cell(44, "map", 0.0), cell(65, "map", 1.0), cell(80, "map", None),
+             cell(35, "smc", 0.1)]
+    (row,) = sweep.window_spread(cells, ["J_1"])
+    assert (row["estep"], row["windows"]) == ("map", 3)
+    np.testing.assert_allclose(row["spread_J_1"], [1.0, 0.7, 1.5, 0.4, 2.0], rtol=1e-12)
