@@ -565,16 +565,17 @@ def fit_rows(folder):
                    "scheme": s.scheme, "estep": o.get("estep", "map"), "finished": bool(s.finished),
                    "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds}
             row.update({f"err_{p['name']}": p["rel_error"] for p in errors[name]["parameters"]})
-            row.update(latent_r(cell, name, s, truths))
+            row.update(latent_match(cell, name, s, truths))
             rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], r["Nsampled"], r["scheme"], r["estep"], r["end_timepoint"], r["train_Noinit"]))
     return rows, theta_names
 
 
-def latent_r(cell, name, summary, truths):
-    """{r_E1: ..., ...}: Pearson r of the run's last latent with the true activity of its window, as
-    src.report measures a run (smoothed by LATENT_SMOOTH); None where the recording is not at hand or
-    has no ground truth. truths caches the windows' true activity."""
+def latent_match(cell, name, summary, truths):
+    """{r_E1: ..., ..., rmse_E1: ..., ...}: Pearson r and RMSE (Hz) of the run's last latent against
+    the true activity of its window, as src.report measures a run (smoothed by LATENT_SMOOTH); None
+    where the recording is not at hand or has no ground truth. The RMSE too, because in a window
+    without a switch the truth is nearly flat and r says little. truths caches the windows' truth."""
     from .dataset import load_recording
     from .helper import make_window, smooth
     from .plots import population_names
@@ -594,9 +595,10 @@ def latent_r(cell, name, summary, truths):
     truth = truths[key]
     names = population_names(len(summary.theta_names) // 4)
     if truth is None:
-        return {f"r_{n}": None for n in names}
+        return {f"{k}_{n}": None for k in ("r", "rmse") for n in names}
     Z = smooth(_flat(load_latents(cell, name, summary)[1]), LATENT_SMOOTH, dt) / dt
-    return {f"r_{n}": pearson_rmse(Z[a], truth[a])[0] for a, n in enumerate(names)}
+    match = [pearson_rmse(Z[a], truth[a]) for a in range(len(names))]
+    return {**{f"r_{n}": m[0] for n, m in zip(names, match)}, **{f"rmse_{n}": m[1] for n, m in zip(names, match)}}
 
 
 def best_per_cell(rows):
@@ -659,6 +661,8 @@ def markdown_summary(folder, rows, cells, theta_names):
             return f"{100 * value:+.0f}%"
         if key.startswith("r_"):
             return f"{value:.3f}"
+        if key.startswith("rmse_"):
+            return f"{value:.1f}"
         if key == "final_loss":
             return f"{value:.4f}"
         if key == "seconds":
@@ -678,13 +682,13 @@ def markdown_summary(folder, rows, cells, theta_names):
         "fitted / true of each parameter: median [25th, 75th percentile] (min-max) over the windows.", "",
         table(spread, [k for k in spread[0] if not k.startswith("spread_")] + [f"spread_{n}" for n in theta_names]),
         ""]
-    r_columns = [k for k in rows[0] if k.startswith("r_")]
+    r_columns = [k for k in rows[0] if k.startswith(("r_", "rmse_"))]
     err_columns = [f"err_{n}" for n in theta_names]
     common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns]
     return "\n".join([
         f"# Sweep {folder}", "",
         f"{len(rows)} fits in {len(cells)} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
-        "correlation of the inferred latent with the true activity of the window; seconds: wall time of the fit.",
+        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; seconds: wall time of the fit.",
         "", "## Best restart of each grid cell (lowest final loss)", "",
         table(cells, ["dataset", "end_timepoint", "Nsampled", "scheme", "estep", "restarts", "run", *common]),
         "", "## Every fit", "",

@@ -227,7 +227,7 @@ def test_summarize_tables_and_figures(scenario):
         s = RunSummary.load(os.path.join(out, row["cell"], row["run"], "summary.json"))
         expected = measure_parameters({row["run"]: s})[row["run"]]["parameters"]
         assert [row[f"err_{p['name']}"] for p in expected] == [p["rel_error"] for p in expected]
-        assert row["final_loss"] == s.final_loss and -1 <= row["r_E1"] <= 1
+        assert row["final_loss"] == s.final_loss and -1 <= row["r_E1"] <= 1 and row["rmse_E1"] >= 0
     cells = open(os.path.join(out, "cells.csv")).read().splitlines()
     assert len(cells) == 3                                  # a header and the 2 grid cells
     for cell in ("data0.6", "data0.8"):
