@@ -56,6 +56,7 @@ and at each fit that ends.
 """
 import contextlib
 import dataclasses
+import importlib.util
 import itertools
 import os
 import shlex
@@ -496,9 +497,7 @@ def dask_client(opt, n_fits):
 
 
 def dashboard_address(client):
-    try:
-        import bokeh  # noqa: F401  (the dashboard needs it)
-    except ImportError:
+    if importlib.util.find_spec("bokeh") is None:  # Dask's dashboard needs bokeh
         return "not available (pip install bokeh)"
     return client.dashboard_link
 
@@ -633,7 +632,7 @@ def window_spread(cells, theta_names):
         group = [c for c in group if c[f"err_{theta_names[0]}"] is not None]
         if len(group) < 2:
             continue
-        row = {k: v for k, v in zip([k for k in SWEEP_KEYS if k != "end_timepoint"], setting)}
+        row = dict(zip([k for k in SWEEP_KEYS if k != "end_timepoint"], setting))
         row["windows"] = len(group)
         for n in theta_names:
             ratio = 1 + np.array([c[f"err_{n}"] for c in group])
