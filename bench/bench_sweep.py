@@ -61,31 +61,30 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON file of the figures (default: none)")
     args = p.parse_args(argv)
     restarts = [str(i) for i in range(args.fits)]
-    fit_options, END = SIZES[args.size]
+    fit_options, end = SIZES[args.size]
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    first_core = min(os.sched_getaffinity(0))
+    walls = {}                                   # wall seconds of each measurement, by its key in the record
     try:
         print(f"{args.fits} {args.size} fits each; load average before: {load()}")
-        first_core = min(os.sched_getaffinity(0))
-        baselines = {}
-        for placement, core in (("free", None), ("one core", first_core)):
-            baselines[placement] = sum(
-                timed([sys.executable, "train_meso.py", "--end_timepoint", END, "--train_Noinit", i,
-                       "--SAVE_DIR", f"{work}/one_by_one_{core}/", *fit_options], core) for i in restarts)
-            print(f"baseline, python train_meso.py one after the other, {placement}: {baselines[placement]:.1f} s "
-                  f"(load {load()})")
-        sweeps = {}
-        for name, workers, core in (("1 worker", 1, None), ("2 workers", 2, None), ("1 worker, one core", 1, first_core)):
-            sweeps[name] = timed([sys.executable, "-m", "src.sweep", "--end_timepoint", END, "--train_Noinit",
-                                  *restarts, "--out", f"{work}/sweep{workers}_{core}", "--workers", str(workers),
-                                  "--dashboard", "none", "--", *fit_options], core)
-            print(f"sweep on {name}: {sweeps[name]:.1f} s (load {load()})")
+        for key, label, core in (("baseline_free_s", "free", None), ("baseline_one_core_s", "one core", first_core)):
+            walls[key] = sum(timed([sys.executable, "train_meso.py", "--end_timepoint", end, "--train_Noinit", i,
+                                    "--SAVE_DIR", f"{work}/{key}/", *fit_options], core) for i in restarts)
+            print(f"baseline, python train_meso.py one after the other, {label}: {walls[key]:.1f} s (load {load()})")
+        for key, label, workers, core in (("sweep_1_worker_s", "1 worker", 1, None),
+                                          ("sweep_2_workers_s", "2 workers", 2, None),
+                                          ("sweep_1_worker_one_core_s", "1 worker, one core", 1, first_core)):
+            walls[key] = timed([sys.executable, "-m", "src.sweep", "--end_timepoint", end, "--train_Noinit",
+                                *restarts, "--out", f"{work}/{key}", "--workers", str(workers),
+                                "--dashboard", "none", "--", *fit_options], core)
+            print(f"sweep on {label}: {walls[key]:.1f} s (load {load()})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {
-        "overhead_per_fit_s": (sweeps["1 worker"] - baselines["free"]) / args.fits,
-        "throughput_ratio_2_vs_1": sweeps["1 worker"] / sweeps["2 workers"],
-        "own_speedup_of_a_fit": baselines["one core"] / baselines["free"],
-        "throughput_ratio_2_vs_1_on_one_core": sweeps["1 worker, one core"] / sweeps["2 workers"],
+        "overhead_per_fit_s": (walls["sweep_1_worker_s"] - walls["baseline_free_s"]) / args.fits,
+        "throughput_ratio_2_vs_1": walls["sweep_1_worker_s"] / walls["sweep_2_workers_s"],
+        "own_speedup_of_a_fit": walls["baseline_one_core_s"] / walls["baseline_free_s"],
+        "throughput_ratio_2_vs_1_on_one_core": walls["sweep_1_worker_one_core_s"] / walls["sweep_2_workers_s"],
     }
     print(f"overhead per fit: {figures['overhead_per_fit_s']:+.2f} s (target <= 2 s)")
     print(f"throughput, 2 workers / 1 worker: {figures['throughput_ratio_2_vs_1']:.2f}x (target >= 1.8 on 2 free "
@@ -93,9 +92,7 @@ def main(argv=None):
           f"bounds the ratio by {2 / figures['own_speedup_of_a_fit']:.2f}; 2 workers / 1 worker held to one core: "
           f"{figures['throughput_ratio_2_vs_1_on_one_core']:.2f}x")
     if args.out:
-        write_record(args.out, {"fits": args.fits, "size": args.size, "fit_options": fit_options,
-                                **{f"baseline_{k.replace(' ', '_')}_s": v for k, v in baselines.items()},
-                                **{f"sweep_{k.replace(' ', '_').replace(',', '')}_s": v for k, v in sweeps.items()},
+        write_record(args.out, {"fits": args.fits, "size": args.size, "fit_options": fit_options, **walls,
                                 **figures, "load_average_end": os.getloadavg()})
     return 0
 
