@@ -67,6 +67,9 @@ class Options:
     sampled_spike_history_smoothed_w: float = option(400.0, "s.d. of the Gaussian smoothing of the initial latent (ms)")
     train_folderbase: str = option("train", "run folder prefix")
     train_Noinit: int = option(0, "run index; seed of the initial parameters")
+    init: str = option("prior", "initial parameters: prior (a draw from Uniform(lb, ub) x centre, seeded by "
+                                "train_Noinit) or centre (the prior centre itself: with the default centre, the "
+                                "truth, which shows where the estimator drifts from the truth)")
     E_LR: float = option(1e-3, "Adam learning rate of the E-step")
     E_itertol: int = option(3, "E-step patience (steps without a new best loss)")
     Emaxiters: int = option(200, "maximum Adam steps per E-step")
@@ -120,6 +123,7 @@ def parse_options(argv=None):
         (opt.scheme in SCHEMES, f"--scheme must be one of {', '.join(SCHEMES)}, got {opt.scheme!r}"),
         (opt.mstep_grad in ("exact", "numeric"), f"--mstep_grad must be exact or numeric, got {opt.mstep_grad!r}"),
         (opt.estep in ("map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
+        (opt.init in ("prior", "centre"), f"--init must be prior or centre, got {opt.init!r}"),
         (opt.particles >= 2, f"--particles must be >= 2, got {opt.particles}"),
         (opt.draws >= 1, f"--draws must be >= 1, got {opt.draws}"),
         (opt.with_input in (0, 1), f"--with_input must be 0 or 1, got {opt.with_input}"),
@@ -259,7 +263,8 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
 
     # -- initial parameters from the prior, initial latent from the observed spikes ------------------
     bounds = list(zip(opt.lb * centre, opt.ub * centre))
-    theta_init = np.random.default_rng(opt.train_Noinit).uniform(opt.lb, opt.ub, centre.shape) * centre
+    theta_init = (np.random.default_rng(opt.train_Noinit).uniform(opt.lb, opt.ub, centre.shape) * centre
+                  if opt.init == "prior" else centre.copy())
     Z_init = init_Z(window, opt.sampled_spike_history_smoothed_w * 1e-3)
     theta, Z = theta_init, Z_init
     if resumed is None:
@@ -401,7 +406,7 @@ def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, pr
                  f"{info['loss_Z']:.6f}) {info['nit']} it {info['nfev']} evals {info['seconds']:.1f} s | "
                  f"theta {fmt(theta)}")
 
-    def on_em_step(step, info, draws):
+    def on_em_step(step, info, draws, memory):
         nonlocal summary
         e = step["em_step"]
         save_arrays(path(f"E{e}_est_param"), theta=step["theta"], Z=info["mean"], Z_q05=info["q05"],

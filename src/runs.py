@@ -43,9 +43,10 @@ def find_runs(folder):
 # Options that define a fit: --resume refuses to continue a run with other values.
 FIT_OPTIONS = ("trial_length", "with_input", "t_perbatch", "end_timepoint", "dt", "M", "N", "Nsampled", "B",
                "a_cutoff", "lb", "ub", "amem", "J", "rp", "ft", "sampled_spike_history_smoothed_w", "train_Noinit",
-               "method", "mstep_grad", "estep", "particles", "draws")
-# what a run written before an option existed did (every such run was fitted with a MAP E-step)
-FIT_OPTIONS_BEFORE = {"estep": "map"}
+               "method", "mstep_grad", "estep", "particles", "draws", "init")
+# what a run written before an option existed did (every such run was fitted with a MAP E-step from a
+# draw of the prior)
+FIT_OPTIONS_BEFORE = {"estep": "map", "init": "prior"}
 
 
 def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_given):

@@ -696,3 +696,26 @@ def test_the_five_run_script_writes_its_logs_where_the_runs_go(tmp_path):
     assert sorted(os.listdir(folder)) == ["alt0", "alt0.out"]
     assert "done in" in open(os.path.join(folder, "alt0.out")).read()
     assert f"best run: {os.path.join(folder, 'alt0')}" in out.stdout
+
+
+@pytest.mark.parametrize("init", ["prior", "centre"])
+def test_smc_first_em_step_keeps_the_start_the_spikes_prefer(tmp_path, init):
+    """--estep smc: EM step 0 is done from both candidate latents (the smoothed spikes, and draws from the
+    posterior at theta_init), and the step kept is the one whose theta has the higher log p_hat(y | theta),
+    as the log reports both. --init centre starts from the prior centre, here the recording's truth."""
+    train_meso.main(["--dataset", DATASET, *TINY, "--estep", "smc", "--particles", "20", "--draws", "1",
+                     "--max_EMsteps", "1", "--init", init, "--SAVE_DIR", str(tmp_path) + "/"])
+    folder = run_folder(tmp_path, end="0.6")
+    theta_init = load_arrays(os.path.join(folder, "init_param"))["theta"]
+    truth = load_recording(DATASET).theta_true
+    assert np.array_equal(theta_init, truth) == (init == "centre")
+    log = open(os.path.join(folder, "train.log")).read()
+    found = re.search(r"EM step 0 from the smoothed spikes: log p_hat\(y \| theta\) (\S+), from the posterior at "
+                      r"theta_init: log p_hat\(y \| theta\) (\S+)", log)
+    assert found, log[-2000:]
+    spikes, posterior = float(found.group(1)), float(found.group(2))
+    assert spikes != posterior
+    step = RunSummary.load(os.path.join(folder, "summary.json")).em_steps[0]
+    assert step["start"] == ("the smoothed spikes" if spikes > posterior else "the posterior at theta_init")
+    np.testing.assert_allclose(step["log_p_hat"], max(spikes, posterior), atol=0.006)   # the log's 2 decimals
+    np.testing.assert_allclose(load_arrays(os.path.join(folder, "E0_est_param"))["log_p_hat"], step["log_p_hat"])

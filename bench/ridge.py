@@ -1,0 +1,78 @@
+"""The marginal likelihood along the line from the truth to a fit's end point (issue 13's landscape):
+
+    python bench/ridge.py "result/3pop example/data11/smc2"            # s = 0, 0.25, ..., 1
+    python bench/ridge.py RUN --s -0.25 0 0.5 1 1.25 --repeats 5 --particles 2000
+
+theta(s) = truth + s (theta_fit - truth): s = 0 is the truth, s = 1 the fit. At each point, --repeats
+independent passes of the particle filter give log p_hat(y | theta(s)) on the run's own window and
+scheme: mean and Monte Carlo standard error. The passes of the same repeat share their seed, so the
+differences between points are less noisy than each value. Prints a table and writes it as JSON
+(--out, default RUN/ridge.json).
+
+Why: EM moves slowly along directions in which the observed spikes say little, so where a fit stops
+need not be where the likelihood peaks. This measures how much the spikes prefer the truth over the
+fit, and over the points between them.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run folder (with summary.json)")
+    p.add_argument("--s", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1], help="points on the line")
+    p.add_argument("--particles", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3, help="filter passes per point")
+    p.add_argument("--seed", type=int, default=7, help="seed of the passes (repeat i uses [seed, i])")
+    p.add_argument("--out", default=None, help="JSON output (default RUN/ridge.json)")
+    args = p.parse_args()
+    import tensorflow as tf
+
+    from src import smc
+    from src.dataset import load_recording
+    from src.helper import make_window
+    from src.results import RunSummary
+
+    run = RunSummary.load(os.path.join(args.run, "summary.json"))
+    o = run.options
+    rec = load_recording(os.path.join(ROOT, o["dataset"]))
+    window = make_window(rec, o["dt"], o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
+                         o["Nsampled"], with_input=bool(o["with_input"]))
+    truth, fit = np.asarray(rec.network.theta, float), np.asarray(run.theta_final, float)
+    start = time.time()
+    table = np.array([[smc.log_likelihood(truth + s * (fit - truth), window, args.particles,
+                                          np.random.SeedSequence([args.seed, i]), run.scheme, dtype=tf.float32)
+                       for i in range(args.repeats)] for s in args.s])                # (points, repeats)
+    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+    at_truth = table[args.s.index(0.0)] if 0.0 in args.s else None
+    rows = []
+    print(f"{args.run}: scheme {run.scheme}, {args.particles} particles, {args.repeats} passes per point, "
+          f"{time.time() - start:.0f} s")
+    print("| s | J_1 J_2 J_3 | log p_hat (mean +- s.e.) | minus the truth, same seeds |")
+    print("|---|---|---|---|")
+    for s, values in zip(args.s, table):
+        J = (truth + s * (fit - truth))[3:6]
+        diff = values - at_truth if at_truth is not None else None
+        rows.append({"s": s, "theta": (truth + s * (fit - truth)).tolist(), "log_p_hat": values.tolist(),
+                     "mean": float(values.mean()), "se": se(values),
+                     "minus_truth_mean": None if diff is None else float(diff.mean()),
+                     "minus_truth_se": None if diff is None else se(diff)})
+        vs = "" if diff is None else f"{diff.mean():+.1f} +- {se(diff):.1f}"
+        print(f"| {s:g} | {J[0]:.2f} {J[1]:.2f} {J[2]:.2f} | {values.mean():.1f} +- {se(values):.1f} | {vs} |")
+    out = args.out or os.path.join(args.run, "ridge.json")
+    with open(out, "w") as f:
+        json.dump({"run": args.run, "scheme": run.scheme, "particles": args.particles, "repeats": args.repeats,
+                   "seed": args.seed, "truth": truth.tolist(), "fit": fit.tolist(), "points": rows}, f, indent=1)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
