@@ -69,7 +69,8 @@ class Options:
     train_Noinit: int = option(0, "run index; seed of the initial parameters")
     init: str = option("prior", "initial parameters: prior (a draw from Uniform(lb, ub) x centre, seeded by "
                                 "train_Noinit) or centre (the prior centre itself: with the default centre, the "
-                                "truth, which shows where the estimator drifts from the truth)")
+                                "truth, to see where the estimator drifts from it; give such a run its own "
+                                "--SAVE_DIR, since the report and the simulation take the best run of a folder)")
     E_LR: float = option(1e-3, "Adam learning rate of the E-step")
     E_itertol: int = option(3, "E-step patience (steps without a new best loss)")
     Emaxiters: int = option(200, "maximum Adam steps per E-step")
