@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from bench.bench_train import RESULT, activity_scores, j_errors, oracle_fit  # noqa: E402
-from src.helper import make_window  # noqa: E402
+from src.helper import run_window  # noqa: E402
 from src.report import measure_posterior, posterior_samples, posterior_seeds  # noqa: E402
 from src.results import load_arrays  # noqa: E402
 from src.runs import best_run, find_runs  # noqa: E402
@@ -55,8 +55,7 @@ def main():
         sys.exit(f"bench_posterior: no run with --estep smc in {args.folder}")
     o = smc_run.options
     rec = load_recording(os.path.join(ROOT, o["dataset"]))             # an absolute path stays as it is
-    window = make_window(rec, o["dt"], o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
-                         o["Nsampled"], with_input=bool(o["with_input"]))
+    window = run_window(rec, smc_run)
     truth, scheme = rec.network.theta, smc_run.scheme
     rows = {}
     for name, run in ((map_name, map_run), (smc_name, smc_run)):

@@ -38,19 +38,18 @@ def main():
 
     from src import smc
     from src.dataset import load_recording
-    from src.helper import make_window
+    from src.helper import run_window
     from src.results import RunSummary
 
     run = RunSummary.load(os.path.join(args.run, "summary.json"))
-    o = run.options
-    rec = load_recording(os.path.join(ROOT, o["dataset"]))
-    window = make_window(rec, o["dt"], o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
-                         o["Nsampled"], with_input=bool(o["with_input"]))
+    rec = load_recording(os.path.join(ROOT, run.options["dataset"]))
+    window = run_window(rec, run)
     truth, fit = np.asarray(rec.network.theta, float), np.asarray(run.theta_final, float)
+    points = [truth + s * (fit - truth) for s in args.s]
     start = time.time()
-    table = np.array([[smc.log_likelihood(truth + s * (fit - truth), window, args.particles,
-                                          np.random.SeedSequence([args.seed, i]), run.scheme, dtype=tf.float32)
-                       for i in range(args.repeats)] for s in args.s])                # (points, repeats)
+    table = np.array([[smc.log_likelihood(theta, window, args.particles, np.random.SeedSequence([args.seed, i]),
+                                          run.scheme, dtype=tf.float32)
+                       for i in range(args.repeats)] for theta in points])            # (points, repeats)
     se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
     at_truth = table[args.s.index(0.0)] if 0.0 in args.s else None
     rows = []
@@ -58,10 +57,10 @@ def main():
           f"{time.time() - start:.0f} s")
     print("| s | J_1 J_2 J_3 | log p_hat (mean +- s.e.) | minus the truth, same seeds |")
     print("|---|---|---|---|")
-    for s, values in zip(args.s, table):
-        J = (truth + s * (fit - truth))[3:6]
+    for s, theta, values in zip(args.s, points, table):
+        J = theta[3:6]
         diff = values - at_truth if at_truth is not None else None
-        rows.append({"s": s, "theta": (truth + s * (fit - truth)).tolist(), "log_p_hat": values.tolist(),
+        rows.append({"s": s, "theta": theta.tolist(), "log_p_hat": values.tolist(),
                      "mean": float(values.mean()), "se": se(values),
                      "minus_truth_mean": None if diff is None else float(diff.mean()),
                      "minus_truth_se": None if diff is None else se(diff)})

@@ -296,8 +296,8 @@ def saem(model, theta, memory, window, bounds, max_steps, m_options, smc_options
         spikes     memory's start, the smoothed observed spikes (as the MAP E-step starts);
         posterior  draws from the posterior at theta_init (seed SeedSequence(seed, spawn_key=(1,))).
     The step whose new theta has the higher log p_hat(y | theta) is kept. Measured on the shipped window:
-    from the truth, the spikes moved J_3 by -60% and EM stayed in a second mode of p(y | theta), 5-8
-    nats below the truth's; from random draws of the prior, the posterior at theta_init drove theta to
+    from the truth, the spikes moved J_3 by -60% and EM stayed at a second maximum of p(y | theta),
+    5-8 nats below the truth's; from random draws of the prior, the posterior at theta_init drove theta to
     the box's corners (log p_hat -7,100 to -58,600 after EM step 0, against -4,370 to -4,630 from
     the spikes).
 

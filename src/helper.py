@@ -71,6 +71,13 @@ def make_window(rec, dt=0.004, trial_length=10.0, t_perbatch=10.0, end_timepoint
 WHOLE_TOL = 1e-6  # relative tolerance on "a whole multiple": absorbs decimal rounding (0.2 / 0.004)
 
 
+def run_window(rec, summary):
+    """The window a run (src.results.RunSummary) was fitted on: make_window with the run's options."""
+    o = summary.options
+    return make_window(rec, summary.dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
+                       o["Nsampled"], with_input=bool(o["with_input"]))
+
+
 def _whole_multiple(name, value, unit, unit_text):
     """value / unit as an int >= 1; ValueError naming `name` if it is not a positive whole multiple."""
     ratio = value / unit

@@ -891,7 +891,7 @@ def make_report(opt, argv):
     """Measure, plot and write the report of the runs in opt.result_dir; returns 0."""
     from . import plots
     from .dataset import DatasetError, load_recording
-    from .helper import make_window
+    from .helper import run_window
     from .microsim import use_one_tf_thread
     from .runs import SMC_REPORT_DIR, find_runs
     start = time.time()
@@ -928,8 +928,7 @@ def make_report(opt, argv):
     scheme, dt = s.scheme, s.dt
     K = int(round(s.a_cutoff / dt))
     names = plots.population_names(net_true.M)
-    window = make_window(rec, dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"],
-                         o["Nsampled"], with_input=bool(o["with_input"]))
+    window = run_window(rec, s)
     seeds = evaluation_seeds(opt.seed, opt.search_steps)
     use_one_tf_thread()
     log(f"best run {best} of {len(runs)} (final loss {s.final_loss:.6f}); data {dataset}")
