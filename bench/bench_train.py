@@ -3,6 +3,8 @@
     python bench/bench_train.py                    # runs bash 3pop_neuLVM.sh, then measures
     python bench/bench_train.py --skip_train       # measures existing results only
     python bench/bench_train.py --scaling 10,30,100   # also: J errors vs window length (slow)
+    python bench/bench_train.py --scaling_only --scaling 10,30,100 --scaling_estep smc \
+        --scaling_options "--draws 1 --max_EMsteps 10 --Mmaxiters 50"   # the scaling alone, SMC fits
 
 Prints: wall time of the five runs and peak memory of the largest run; the parameter table of
 every run; the best run's J errors next to the oracle M-step's (true activity of all neurons,
@@ -58,7 +60,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip_train", action="store_true", help="measure existing results only")
     parser.add_argument("--scaling", default="", help="window lengths (s) for the J-error scaling, e.g. 10,30,100")
+    parser.add_argument("--scaling_estep", default="map", help="E-steps of the scaling fits, e.g. map,smc")
+    parser.add_argument("--scaling_options", default="", help="more train_meso.py options of the scaling fits")
+    parser.add_argument("--scaling_only", action="store_true", help="only the scaling: no main job, no measures")
     args = parser.parse_args()
+    if args.scaling_only:
+        if not args.scaling:
+            parser.error("--scaling_only needs --scaling LENGTHS")
+        return scaling(args)
 
     if not args.skip_train:
         start = time.time()
@@ -71,15 +80,15 @@ def main():
     runs = find_runs(RESULT)
     print(parameter_table(runs))
     name, summary = best_run(RESULT)
-    print(f"best run: {name}, final loss {summary['final_loss']:.6f}, "
-          f"{summary.get('seconds', float('nan')):.0f} s, {len(summary['em_steps'])} EM steps")
+    print(f"best run: {name}, final loss {summary.final_loss:.6f}, "
+          f"{summary.seconds or float('nan'):.0f} s, {len(summary.em_steps)} EM steps")
 
-    opt = summary["options"]
+    opt = summary.options
     window = neulvm.load_window(os.path.join(ROOT, opt["dataset"]), dt=opt["dt"], trial_length=opt["trial_length"],
                                 t_perbatch=opt["t_perbatch"], end_timepoint=opt["end_timepoint"],
                                 a_cutoff=opt["a_cutoff"], Nsampled=opt["Nsampled"])
     truth = window.net.theta
-    theta_fit = np.asarray(summary["theta_final"])
+    theta_fit = np.asarray(summary.theta_final)
     start = time.time()
     theta_oracle, info = oracle_fit(window)
     print(f"oracle M-step: {time.time() - start:.1f} s, loss {info['loss_start']:.5f} -> {info['loss']:.5f}")
@@ -89,7 +98,7 @@ def main():
     print(f"  |error| difference (percentage points): {np.round(gap, 1)}; target <= 10 for each: "
           f"{'met' if np.all(gap <= 10) else 'NOT met'}")
 
-    last = len(summary["em_steps"]) - 1
+    last = len(summary.em_steps) - 1
     Z_fit = load_arrays(os.path.join(RESULT, name, f"E{last}_est_param"))["Z"]
     Z_init = init_Z(window, opt["sampled_spike_history_smoothed_w"] * 1e-3)
     r_fit, rmse_fit = activity_scores(window, Z_fit)
@@ -102,12 +111,15 @@ def main():
           f"{'met' if np.all(r_fit > r_init) and np.all(rmse_fit < rmse_init) else 'NOT met'}")
 
     if args.scaling:
-        scaling([float(s) for s in args.scaling.split(",")])
+        scaling(args)
 
 
-def scaling(lengths):
-    """J errors of the oracle and of one neuLVM run (train_Noinit 0) vs window length."""
+def scaling(args):
+    """--scaling: J errors of the oracle and of one neuLVM run (train_Noinit 0) per E-step vs window
+    length, on one recording of the network (seed 3): the windows [1, 1 + length] s."""
     from src.dataset import load_recording
+    lengths, esteps = [float(s) for s in args.scaling.split(",")], args.scaling_estep.split(",")
+    options = args.scaling_options.split()
     path = "/tmp/neulvm_bench_long.npz"
     duration = max(lengths) + 1.0
     if not os.path.exists(path):
@@ -119,17 +131,18 @@ def scaling(lengths):
         start = time.time()
         theta_oracle, _ = oracle_fit(window)
         t_oracle = time.time() - start
-        start = time.time()
-        folder = f"/tmp/neulvm_bench_scaling_{length:g}/"
-        subprocess.check_call([sys.executable, "train_meso.py", "--dataset", path, "--trial_length", f"{length:g}",
-                               "--t_perbatch", f"{length:g}", "--end_timepoint", f"{length + 1:g}",
-                               "--SAVE_DIR", folder, "--LOG_PER", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL)
-        t_fit = time.time() - start
-        summary = find_runs(os.path.join(folder, f"data{length + 1:g}"))["train0"]
-        print(f"window {length:g} s: J error oracle {np.round(j_errors(theta_oracle, window.net.theta), 3)} "
-              f"({t_oracle:.0f} s), neuLVM {np.round(j_errors(np.asarray(summary['theta_final']), window.net.theta), 3)}"
-              f" ({t_fit:.0f} s)")
-
+        for estep in esteps:
+            start = time.time()
+            folder = f"/tmp/neulvm_bench_scaling_{length:g}/"
+            subprocess.check_call([sys.executable, "train_meso.py", "--dataset", path, "--trial_length", f"{length:g}",
+                                   "--t_perbatch", f"{length:g}", "--end_timepoint", f"{length + 1:g}",
+                                   "--SAVE_DIR", folder, "--LOG_PER", "1000", "--estep", estep, "--resume",
+                                   "--train_folderbase", estep, *options], cwd=ROOT, stdout=subprocess.DEVNULL)
+            t_fit = time.time() - start       # a fit found complete (--resume) takes seconds
+            summary = find_runs(os.path.join(folder, f"data{length + 1:g}"))[f"{estep}0"]
+            fit = j_errors(np.asarray(summary.theta_final), window.net.theta)
+            print(f"window {length:g} s: J error oracle {np.round(j_errors(theta_oracle, window.net.theta), 3)} "
+                  f"({t_oracle:.0f} s), neuLVM {estep} {np.round(fit, 3)} ({t_fit:.0f} s)", flush=True)
 
 if __name__ == "__main__":
     main()
