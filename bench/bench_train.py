@@ -141,8 +141,11 @@ def scaling(args):
             t_fit = time.time() - start       # a fit found complete (--resume) takes seconds
             summary = find_runs(os.path.join(folder, f"data{length + 1:g}"))[f"{estep}0"]
             fit = j_errors(np.asarray(summary.theta_final), window.net.theta)
+            last = summary.em_steps[-1]
+            marginal = f", log p_hat {last['log_p_hat']:.1f}" if "log_p_hat" in last else ""
             print(f"window {length:g} s: J error oracle {np.round(j_errors(theta_oracle, window.net.theta), 3)} "
-                  f"({t_oracle:.0f} s), neuLVM {estep} {np.round(fit, 3)} ({t_fit:.0f} s)", flush=True)
+                  f"({t_oracle:.0f} s), neuLVM {estep} {np.round(fit, 3)} ({t_fit:.0f} s, {len(summary.em_steps)} "
+                  f"EM steps{marginal})", flush=True)
 
 if __name__ == "__main__":
     main()
