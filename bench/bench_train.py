@@ -29,6 +29,7 @@ from src.helper import init_Z, make_window, smooth  # noqa: E402
 from src.LIFmesoCell import MesoModel  # noqa: E402
 from src.results import load_arrays  # noqa: E402
 from src.runs import best_run, find_runs, parameter_table  # noqa: E402
+from src.window import Z_MAX, Z_MIN  # noqa: E402
 
 RESULT = os.path.join(ROOT, "result", "3pop example", "data11")
 SMOOTH = 0.020   # s, Gaussian s.d. for comparing activities
@@ -37,7 +38,7 @@ SMOOTH = 0.020   # s, Gaussian s.d. for comparing activities
 def oracle_fit(window):
     """M-step on the true activity, from the true parameters: the identifiability limit of the window."""
     truth = window.net.theta
-    Z = np.clip(window.Z_true, 1e-5, 1.0)
+    Z = np.clip(window.Z_true, Z_MIN, Z_MAX)
     model = MesoModel(window, truth, Z, "exact")
     theta, info = m_step(model, truth, Z, list(zip(0.4 * truth, 2.0 * truth)), maxiter=500)
     return theta, info
@@ -131,9 +132,10 @@ def scaling(args):
         start = time.time()
         theta_oracle, _ = oracle_fit(window)
         t_oracle = time.time() - start
+        oracle = np.round(j_errors(theta_oracle, window.net.theta), 3)
+        folder = f"/tmp/neulvm_bench_scaling_{length:g}/"
         for estep in esteps:
             start = time.time()
-            folder = f"/tmp/neulvm_bench_scaling_{length:g}/"
             subprocess.check_call([sys.executable, "train_meso.py", "--dataset", path, "--trial_length", f"{length:g}",
                                    "--t_perbatch", f"{length:g}", "--end_timepoint", f"{length + 1:g}",
                                    "--SAVE_DIR", folder, "--LOG_PER", "1000", "--estep", estep, "--resume",
@@ -143,9 +145,9 @@ def scaling(args):
             fit = j_errors(np.asarray(summary.theta_final), window.net.theta)
             last = summary.em_steps[-1]
             marginal = f", log p_hat {last['log_p_hat']:.1f}" if "log_p_hat" in last else ""
-            print(f"window {length:g} s: J error oracle {np.round(j_errors(theta_oracle, window.net.theta), 3)} "
-                  f"({t_oracle:.0f} s), neuLVM {estep} {np.round(fit, 3)} ({t_fit:.0f} s, {len(summary.em_steps)} "
-                  f"EM steps{marginal})", flush=True)
+            print(f"window {length:g} s: J error oracle {oracle} ({t_oracle:.0f} s), neuLVM {estep} "
+                  f"{np.round(fit, 3)} ({t_fit:.0f} s, {len(summary.em_steps)} EM steps{marginal})", flush=True)
+
 
 if __name__ == "__main__":
     main()

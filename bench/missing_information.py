@@ -28,6 +28,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from bench.ridge import paired_passes, standard_error  # noqa: E402
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,25 +39,22 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="filter passes per point")
     p.add_argument("--seed", type=int, default=7, help="seed of the passes (repeat i uses [seed, i])")
     args = p.parse_args()
-    import tensorflow as tf
-
-    from src import smc
     from src.dataset import load_recording
     from src.helper import make_window
     from src.LIFmesoCell import MesoModel
+    from src.window import Z_MAX, Z_MIN
 
     window = make_window(load_recording(args.dataset))
     truth = np.asarray(window.net.theta, float)
     M = window.M
     groups = {"amem": range(0, M), "J": range(M, 2 * M), "rp": range(2 * M, 3 * M), "ft": range(3 * M, 4 * M)}
     directions = {f"every {g}": list(i) for g, i in groups.items()} | {f"J_{a + 1}": [M + a] for a in range(M)}
-    Z_true = np.clip(window.Z_true, 1e-5, 1.0)
+    Z_true = np.clip(window.Z_true, Z_MIN, Z_MAX)
     model = MesoModel(window, truth, Z_true, "exact")
     n = window.B * window.M * window.T
     complete = lambda theta: n * sum(model.losses(theta=theta, Z=Z_true))  # noqa: E731
-    marginal = lambda theta: np.array([smc.log_likelihood(theta, window, args.particles,  # noqa: E731
-                                                          np.random.SeedSequence([args.seed, i]), "exact",
-                                                          dtype=tf.float32) for i in range(args.repeats)])
+    marginal = lambda theta: paired_passes(theta, window, args.particles, args.repeats, args.seed,  # noqa: E731
+                                           "exact")
     start = time.time()
     at_truth = complete(truth), marginal(truth)
     print(f"{args.dataset}: exact scheme, {window.T} bins of {window.dt * 1e3:g} ms, steps x(1 -+ {args.step:g}), "
@@ -70,7 +69,7 @@ def main():
             theta[index] *= 1 + sign * args.step
             rise += complete(theta) - at_truth[0]
             falls = falls + at_truth[1] - marginal(theta)
-        fall, se = falls.mean(), falls.std(ddof=1) / np.sqrt(len(falls)) if len(falls) > 1 else float("nan")
+        fall, se = falls.mean(), standard_error(falls)
         rate = 1 - fall / rise
         halve = np.log(2) / -np.log(rate) if 0 < rate < 1 else float("nan")
         print(f"| {name} | {rise:.1f} | {fall:.1f} +- {se:.1f} | {rate:.4f} | {halve:.0f} |", flush=True)

@@ -25,6 +25,21 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 
+def paired_passes(theta, window, particles, repeats, seed, scheme):
+    """log p_hat(y | theta) of `repeats` float32 filter passes, pass i seeded [seed, i]: the same seeds at
+    every theta, so that differences between points are paired."""
+    import tensorflow as tf
+
+    from src import smc
+    return np.array([smc.log_likelihood(theta, window, particles, np.random.SeedSequence([seed, i]), scheme,
+                                        dtype=tf.float32) for i in range(repeats)])
+
+
+def standard_error(x):
+    """Monte Carlo standard error of the mean of the passes x (nan for one pass)."""
+    return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run folder (with summary.json)")
@@ -34,9 +49,6 @@ def main():
     p.add_argument("--seed", type=int, default=7, help="seed of the passes (repeat i uses [seed, i])")
     p.add_argument("--out", default=None, help="JSON output (default RUN/ridge.json)")
     args = p.parse_args()
-    import tensorflow as tf
-
-    from src import smc
     from src.dataset import load_recording
     from src.helper import run_window
     from src.results import RunSummary
@@ -47,10 +59,9 @@ def main():
     truth, fit = np.asarray(rec.network.theta, float), np.asarray(run.theta_final, float)
     points = [truth + s * (fit - truth) for s in args.s]
     start = time.time()
-    table = np.array([[smc.log_likelihood(theta, window, args.particles, np.random.SeedSequence([args.seed, i]),
-                                          run.scheme, dtype=tf.float32)
-                       for i in range(args.repeats)] for theta in points])            # (points, repeats)
-    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+    table = np.array([paired_passes(theta, window, args.particles, args.repeats, args.seed, run.scheme)
+                      for theta in points])                                           # (points, repeats)
+    se = standard_error
     at_truth = table[args.s.index(0.0)] if 0.0 in args.s else None
     rows = []
     print(f"{args.run}: scheme {run.scheme}, {args.particles} particles, {args.repeats} passes per point, "
