@@ -31,8 +31,8 @@ def paired_passes(theta, window, particles, repeats, seed, scheme):
     import tensorflow as tf
 
     from src import smc
-    return np.array([smc.log_likelihood(theta, window, particles, np.random.SeedSequence([seed, i]), scheme,
-                                        dtype=tf.float32) for i in range(repeats)])
+    return smc.log_likelihood_passes(theta, window, particles, [[seed, i] for i in range(repeats)], scheme,
+                                     dtype=tf.float32)
 
 
 def standard_error(x):

@@ -427,8 +427,7 @@ def posterior_samples(theta_fit, points, window, scheme, particles, sweeps, seed
                                dtype=tf.float32)
     log(f"posterior band: {sweeps} particle Gibbs draws ({particles} particles)")
     passes = [v for k, v in seeds.items() if k.startswith("log p_hat")]
-    log_p = {name: [smc.log_likelihood(theta, window, particles, np.random.SeedSequence(list(seed)), scheme,
-                                       dtype=tf.float32) for seed in passes]
+    log_p = {name: list(smc.log_likelihood_passes(theta, window, particles, passes, scheme, dtype=tf.float32))
              for name, theta in points.items()}
     log(f"log p_hat: {len(passes)} passes at each of {', '.join(points)}")
     return draws, log_p

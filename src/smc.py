@@ -290,6 +290,14 @@ def log_likelihood(theta, window: Window, particles, seed, scheme=fast_np.DEFAUL
     return filter_window(theta, window, particles, seed, scheme, **options).log_p_hat
 
 
+def log_likelihood_passes(theta, window: Window, particles, seeds, scheme=fast_np.DEFAULT_SCHEME, **options):
+    """log_likelihood for each entry of seeds (lists of ints, each a np.random.SeedSequence's entropy):
+    one filter pass per seed, as an array. Give every theta the same seeds, and differences between
+    them are paired (common random numbers)."""
+    return np.array([log_likelihood(theta, window, particles, np.random.SeedSequence(list(seed)), scheme, **options)
+                     for seed in seeds])
+
+
 def gibbs_sweep(theta, window: Window, reference, particles, seed, scheme=fast_np.DEFAULT_SCHEME, **options):
     """One sweep of particle Gibbs with ancestor sampling: the conditional filter held to `reference`
     (B, M, T) (None: the plain filter, to start a chain), then one trajectory per batch drawn from its
