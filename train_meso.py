@@ -398,10 +398,7 @@ def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, pr
              f"particles and {opt.draws} draws per EM step, theta_init {fmt(summary.theta_init)}")
 
     def on_m_step(e, theta, memory, info):
-        Z_stack, weights = memory.stacked()                                    # the weighted mean of the draws
-        Z_mean = np.einsum("k,kbmt->bmt", weights.reshape(-1, window.B).sum(1),
-                           Z_stack.reshape((-1,) + Z_init.shape))
-        save_arrays(path(f"minimizor_result_{e}"), x=theta, Z=Z_mean, fun=info["loss"], loss_y=info["loss_y"],
+        save_arrays(path(f"minimizor_result_{e}"), x=theta, Z=memory.mean(), fun=info["loss"], loss_y=info["loss_y"],
                     loss_Z=info["loss_Z"], nit=info["nit"], nfev=info["nfev"], **model_config, **smc_config)
         log.info(f"M-step {e}: loss over the draws {info['loss']:.6f} (y {info['loss_y']:.6f}, Z "
                  f"{info['loss_Z']:.6f}) {info['nit']} it {info['nfev']} evals {info['seconds']:.1f} s | "

@@ -253,6 +253,10 @@ class DrawMemory:
         return (np.concatenate([z.reshape((S * B,) + z.shape[2:]) for z in slots]),
                 np.repeat(np.asarray(c) / (S * B), S * B))
 
+    def mean(self):
+        """The weighted mean of the draws, sum_e c_e * (mean of step e's S draws): (B, M, T)."""
+        return sum(c * z.mean(0) for c, z in zip(self.c, self.Z))
+
 
 def smc_e_step(theta, window, reference, particles, sweeps, seed, scheme, dtype, check_stop=lambda: None):
     """The posterior E-step at theta: one pass of the plain particle filter, which gives log p_hat(y | theta)

@@ -247,6 +247,7 @@ def test_saem_weights_are_the_stochastic_approximation_by_hand():
     assert Z.shape == (4 * 2 * 1, 3, 5) and w.shape == (8,)
     np.testing.assert_allclose(w, np.repeat(expected / 2, 2), rtol=1e-14)
     np.testing.assert_array_equal(Z[:, 0, 0], [2, 2, 3, 3, 4, 4, 5, 5])
+    np.testing.assert_allclose(memory.mean(), np.full((1, 3, 5), expected @ [2, 3, 4, 5]), rtol=1e-14)
     fresh = DrawMemory(Z0, draws=2, memory=4)                 # before any E-step: the initial latent only
     Z, w = fresh.stacked()
     np.testing.assert_array_equal(w, [0, 0, 0, 0, 0, 0, 0.5, 0.5])
