@@ -335,20 +335,22 @@ class Progress:
     """Done / running / failed / left and the time left: one updating line in a terminal, else a log
     line every log_every s; events (a fit that ends or fails) as lines of their own."""
 
-    def __init__(self, total, skipped, dashboard, log_every, stream=None):
+    def __init__(self, total, dashboard, log_every, stream=None):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
-        self.total, self.skipped, self.dashboard, self.log_every = total, skipped, dashboard, log_every
+        self.total, self.dashboard, self.log_every = total, dashboard, log_every
         self.start, self.last_line, self.width = time.time(), 0.0, 0
 
     def event(self, text):
         self._clear()
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
 
-    def update(self, done, running, failed, left, force=False):
+    def update(self, done, running, failed, left, force=False, durations=(), running_for=()):
+        """durations: wall seconds of the fits this call of the sweep finished; running_for: how long
+        each running fit has run (s)."""
         elapsed = time.time() - self.start
-        new = done - self.skipped             # fits finished by this call of the sweep
-        eta = "unknown" if new <= 0 else duration_text((left + running) * elapsed / new)
+        eta = time_left(left, durations, running_for)
+        eta = "unknown" if eta is None else duration_text(eta)
         line = (f"fits: {done} done, {running} running, {failed} failed, {left} left of {self.total}; "
                 f"time left {eta}; {duration_text(elapsed)} so far; dashboard {self.dashboard}")
         if self.tty:
@@ -368,6 +370,19 @@ class Progress:
             self.stream.write("\r\033[K")
             self.stream.flush()
             self.width = 0
+
+
+def time_left(left, durations, running_for):
+    """Seconds until the last fit ends, if every fit takes the mean of `durations` (None while there
+    is none): what the running fits have still to do, plus `left` fits shared among as many slots as
+    fits run now."""
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    still = [max(mean - t, 0.0) for t in running_for]
+    if left == 0:
+        return max(still, default=0.0)
+    return (left * mean + sum(still)) / max(len(still), 1)
 
 
 def duration_text(seconds):
@@ -396,6 +411,7 @@ def run_sweep(client, fits, progress):
     queue = deque((fit, 1, None) for fit, complete in fits if not complete)    # (fit, attempt, worker to avoid)
     done, failed, where = len(fits) - len(queue), {}, {}
     pending = {}                                  # future -> (fit, attempt)
+    started, durations = {}, []                   # future -> when it was submitted; seconds of each fit done
 
     def submit(fit, attempt, avoid):
         others = [w for w in client.scheduler_info()["workers"] if w != avoid] if avoid else None
@@ -403,6 +419,7 @@ def run_sweep(client, fits, progress):
                                key=f"fit-{len(where)}-{os.path.relpath(fit.folder, REPO)}-attempt-{attempt}",
                                **({"workers": others, "allow_other_workers": True} if others else {}))
         pending[future] = (fit, attempt)
+        started[future] = time.time()
         where[future.key] = None
 
     while queue or pending:
@@ -421,9 +438,11 @@ def run_sweep(client, fits, progress):
                 where[key] = worker
         for future in [f for f in pending if f.done()]:
             fit, attempt = pending.pop(future)
+            started.pop(future)
             if future.status == "finished":
                 done += 1
                 result = future.result()
+                durations.append(result["seconds"])
                 progress.event(f"done: {fit.describe()} in {duration_text(result['seconds'])} on {result['host']}")
                 continue
             reason = _failure(future, where.get(future.key))
@@ -433,8 +452,10 @@ def run_sweep(client, fits, progress):
             else:
                 failed[fit] = reason
                 progress.event(f"FAILED (attempt {attempt}, giving up): {fit.describe()}: {reason}")
-        progress.update(done, len(pending), len(failed), len(queue))
-    progress.update(done, 0, len(failed), 0, force=True)
+        now = time.time()
+        progress.update(done, len(pending), len(failed), len(queue), durations=durations,
+                        running_for=[now - t for t in started.values()])
+    progress.update(done, 0, len(failed), 0, force=True, durations=durations)
     return failed
 
 
@@ -715,7 +736,7 @@ def main(argv=None):
             worker, paths = next(iter(hidden.items()))
             raise UsageError(f"the worker {worker} cannot see the recording {paths[0]} (and {len(hidden) - 1} more "
                              "workers have missing recordings): workers must read it from a path they can see")
-        progress = Progress(len(fits), complete, dashboard_address(client), opt.log_every)
+        progress = Progress(len(fits), dashboard_address(client), opt.log_every)
         progress.event(f"{len(client.scheduler_info()['workers'])} workers; dashboard {progress.dashboard}")
         try:
             failed = run_sweep(client, fits, progress)

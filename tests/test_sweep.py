@@ -250,3 +250,14 @@ def test_window_spread_is_over_the_windows_of_each_setting():
     (row,) = sweep.window_spread(cells, ["J_1"])
     assert (row["estep"], row["windows"]) == ("map", 3)
     np.testing.assert_allclose(row["spread_J_1"], [1.0, 0.7, 1.5, 0.4, 2.0], rtol=1e-12)
+
+
+def test_time_left_counts_the_running_fits_and_the_slots():
+    """Fits of 100 s on average: nothing known before one ends; two slots busy for 90 and 10 s with 4
+    fits left: (4 * 100 + 10 + 90) / 2 = 250 s; the last two running: the later one's 90 s; a running
+    fit past the mean counts as about to end."""
+    assert sweep.time_left(5, [], [10.0, 20.0]) is None
+    assert sweep.time_left(4, [80.0, 120.0], [90.0, 10.0]) == pytest.approx(250.0)
+    assert sweep.time_left(0, [100.0], [90.0, 10.0]) == pytest.approx(90.0)
+    assert sweep.time_left(2, [100.0], [150.0]) == pytest.approx(200.0)
+    assert sweep.time_left(0, [100.0], []) == 0.0
