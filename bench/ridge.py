@@ -1,17 +1,20 @@
-"""The marginal likelihood along the line from the truth to a fit's end point (issue 13's landscape):
+"""The marginal likelihood along a line in parameter space (issue 13's landscape):
 
-    python bench/ridge.py "result/3pop example/data11/smc2"            # s = 0, 0.25, ..., 1
+    python bench/ridge.py "result/3pop example/data11/smc2"            # truth to fit, s = 0, 0.25, ..., 1
     python bench/ridge.py RUN --s -0.25 0 0.5 1 1.25 --repeats 5 --particles 2000
+    python bench/ridge.py RUN --em_steps 1 2 --s 1 2 4 8 16 --repeats 2 --particles 500   # over-relaxed EM
 
-theta(s) = truth + s (theta_fit - truth): s = 0 is the truth, s = 1 the fit. At each point, --repeats
-independent passes of the particle filter give log p_hat(y | theta(s)) on the run's own window and
-scheme: mean and Monte Carlo standard error. The passes of the same repeat share their seed, so the
-differences between points are less noisy than each value. Prints a table and writes it as JSON
-(--out, default RUN/ridge.json).
+theta(s) = truth + s (theta_fit - truth): s = 0 is the truth, s = 1 the fit. With --em_steps A B, theta(s)
+= theta_A + s (theta_B - theta_A), the parameters after EM steps A and B of the run, clipped to the run's
+box: s = 1 is EM step B, s > 1 an EM step made s times longer. At each point, --repeats independent
+passes of the particle filter give log p_hat(y | theta(s)) on the run's own window and scheme: mean and
+Monte Carlo standard error, and the difference to the truth's passes. The passes of the same repeat
+share their seed, so the differences between points are less noisy than each value. Prints a table and
+writes it as JSON (--out, default RUN/ridge.json).
 
 Why: EM moves slowly along directions in which the observed spikes say little, so where a fit stops
 need not be where the likelihood peaks. This measures how much the spikes prefer the truth over the
-fit, and over the points between them.
+fit, and over the points between them; and how far along its own direction an EM step could go.
 """
 import argparse
 import json
@@ -47,22 +50,30 @@ def main():
     p.add_argument("--particles", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3, help="filter passes per point")
     p.add_argument("--seed", type=int, default=7, help="seed of the passes (repeat i uses [seed, i])")
+    p.add_argument("--em_steps", type=int, nargs=2, metavar=("A", "B"),
+                   help="the line through the parameters after EM steps A and B instead (clipped to the box)")
     p.add_argument("--out", default=None, help="JSON output (default RUN/ridge.json)")
     args = p.parse_args()
     from src.dataset import load_recording
     from src.helper import run_window
-    from src.results import RunSummary
+    from src.results import RunSummary, load_arrays
 
     run = RunSummary.load(os.path.join(args.run, "summary.json"))
     rec = load_recording(os.path.join(ROOT, run.options["dataset"]))
     window = run_window(rec, run)
     truth, fit = np.asarray(rec.network.theta, float), np.asarray(run.theta_final, float)
-    points = [truth + s * (fit - truth) for s in args.s]
+    if args.em_steps:
+        a, b = (np.asarray(load_arrays(os.path.join(args.run, f"E{e}_est_param"))["theta"], float)
+                for e in args.em_steps)
+        centre = np.asarray(run.prior_centre, float)
+        points = [np.clip(a + s * (b - a), run.options["lb"] * centre, run.options["ub"] * centre) for s in args.s]
+    else:
+        points = [truth + s * (fit - truth) for s in args.s]
     start = time.time()
-    table = np.array([paired_passes(theta, window, args.particles, args.repeats, args.seed, run.scheme)
-                      for theta in points])                                           # (points, repeats)
+    passes = lambda theta: paired_passes(theta, window, args.particles, args.repeats, args.seed, run.scheme)  # noqa: E731
+    at_truth = passes(truth)
+    table = np.array([passes(theta) for theta in points])                           # (points, repeats)
     se = standard_error
-    at_truth = table[args.s.index(0.0)] if 0.0 in args.s else None
     rows = []
     print(f"{args.run}: scheme {run.scheme}, {args.particles} particles, {args.repeats} passes per point, "
           f"{time.time() - start:.0f} s")
@@ -70,17 +81,17 @@ def main():
     print("|---|---|---|---|")
     for s, theta, values in zip(args.s, points, table):
         J = theta[3:6]
-        diff = values - at_truth if at_truth is not None else None
+        diff = values - at_truth
         rows.append({"s": s, "theta": theta.tolist(), "log_p_hat": values.tolist(),
                      "mean": float(values.mean()), "se": se(values),
-                     "minus_truth_mean": None if diff is None else float(diff.mean()),
-                     "minus_truth_se": None if diff is None else se(diff)})
-        vs = "" if diff is None else f"{diff.mean():+.1f} +- {se(diff):.1f}"
-        print(f"| {s:g} | {J[0]:.2f} {J[1]:.2f} {J[2]:.2f} | {values.mean():.1f} +- {se(values):.1f} | {vs} |")
+                     "minus_truth_mean": float(diff.mean()), "minus_truth_se": se(diff)})
+        print(f"| {s:g} | {J[0]:.2f} {J[1]:.2f} {J[2]:.2f} | {values.mean():.1f} +- {se(values):.1f} | "
+              f"{diff.mean():+.1f} +- {se(diff):.1f} |")
     out = args.out or os.path.join(args.run, "ridge.json")
     with open(out, "w") as f:
         json.dump({"run": args.run, "scheme": run.scheme, "particles": args.particles, "repeats": args.repeats,
-                   "seed": args.seed, "truth": truth.tolist(), "fit": fit.tolist(), "points": rows}, f, indent=1)
+                   "seed": args.seed, "em_steps": args.em_steps, "truth": truth.tolist(), "fit": fit.tolist(),
+                   "truth_log_p_hat": at_truth.tolist(), "points": rows}, f, indent=1)
     print(f"written: {out}")
 
 
