@@ -234,13 +234,13 @@ def test_same_seed_same_output_other_seed_other_output():
     assert rng_draws[0].shape == (5, 2, net.M, window.T) and np.array_equal(*rng_draws)
 
 
-
 def test_log_likelihood_passes_are_one_pass_per_seed():
     net, window, theta, _ = random_case(seed=5, B=2, Nobs=3, T=30, K=40)
     seeds = [[7, 0], [7, 1]]
     passes = smc.log_likelihood_passes(theta, window, 50, seeds, compiled=False)
     one_by_one = [smc.log_likelihood(theta, window, 50, np.random.SeedSequence(s), compiled=False) for s in seeds]
     assert np.array_equal(passes, one_by_one) and passes[0] != passes[1]
+
 
 # -- 5. resampling and the ESS by hand --------------------------------------------------------------
 def test_systematic_resampling_by_hand():
