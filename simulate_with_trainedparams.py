@@ -77,10 +77,7 @@ def pick_run(opt):
         if summary.final_loss is None:
             raise NoResult(f"{folder} has no complete EM step yet: run bash 3pop_neuLVM.sh first")
         return folder, summary
-    try:
-        name, summary = best_run(opt.result_dir)
-    except ValueError:
-        raise NoResult(f"no trained run in {opt.result_dir!r}: run bash 3pop_neuLVM.sh first") from None
+    name, summary = best_run(opt.result_dir)        # NoResult if there is none: run bash 3pop_neuLVM.sh first
     return os.path.join(opt.result_dir, name), summary
 
 

@@ -27,6 +27,7 @@ from bench.bench_train import RESULT, activity_scores, j_errors, oracle_fit  # n
 from src.helper import run_window  # noqa: E402
 from src.report import measure_posterior, posterior_samples, posterior_seeds  # noqa: E402
 from src.results import load_arrays  # noqa: E402
+from src.cli import NoResult  # noqa: E402
 from src.runs import best_run, find_runs  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def best_of(folder, estep):
     """src.runs.best_run, or (None, None) if the folder has no run of that E-step."""
     try:
         return best_run(folder, estep)
-    except ValueError:
+    except NoResult:
         return None, None
 
 

@@ -892,7 +892,7 @@ def make_report(opt, argv):
     from .dataset import DatasetError, load_recording
     from .helper import run_window
     from .microsim import use_one_tf_thread
-    from .runs import SMC_REPORT_DIR, find_runs
+    from .runs import SMC_REPORT_DIR, find_runs, ranked
     start = time.time()
     timings = {}
     log = lambda msg: print(f"[report {time.time() - start:6.1f} s] {msg}", flush=True)   # noqa: E731
@@ -903,13 +903,12 @@ def make_report(opt, argv):
     if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
         folder = os.path.join(repo, folder)      # the default, asked from outside the repository
     every_run = find_runs(folder)
-    runs = {name: r for name, r in every_run.items() if r.options.get("estep", "map") == opt.estep}
+    runs = ranked(every_run, opt.estep, folder)                              # the best first
     if not runs:
         raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
                        + (" -- --estep smc --train_folderbase smc" if opt.estep == "smc" else ""))
     out = folder if opt.estep == "map" else os.path.join(folder, SMC_REPORT_DIR)    # where the report goes
     os.makedirs(out, exist_ok=True)
-    runs = dict(sorted(runs.items(), key=lambda item: item[1].final_loss))     # the best first
     best = next(iter(runs))
     s = runs[best]
     o = s.options

@@ -118,15 +118,44 @@ def training_log(folder, name="train_meso"):
             handler.close()
 
 
+# What a run's final loss is the loss of: the window of the recording, the observed neurons, the bins.
+# Runs that differ in one of these (or in the recording, or the scheme) fitted other data or another
+# model, and their losses do not compare.
+SETTING_OPTIONS = ("end_timepoint", "trial_length", "t_perbatch", "B", "Nsampled", "with_input", "dt", "a_cutoff")
+
+
+def ranked(runs, estep, folder):
+    """{name: summary} of the runs {name: summary} (find_runs) fitted with --estep `estep`, the best
+    (lowest final loss) first: for map the joint loss, for smc -log p_hat(y | theta) / (B*M*T); the two
+    kinds are never compared. src.cli.UsageError, naming the two runs and the option, if they were
+    not all fitted to the same data and model."""
+    from .cli import UsageError
+
+    def setting(r):
+        values = {f"--{k}": r.options[k] for k in SETTING_OPTIONS if k in r.options}
+        path = r.dataset.get("path", r.options.get("dataset"))
+        return values | {"the recording": (os.path.basename(str(path)), r.dataset.get("seed")), "--scheme": r.scheme}
+
+    runs = {n: r for n, r in runs.items() if r.options.get("estep", "map") == estep}
+    names = list(runs)
+    for name in names[1:]:
+        first, other = setting(runs[names[0]]), setting(runs[name])
+        for key in (k for k in first if k in other and first[k] != other[k]):
+            raise UsageError(f"{folder}: {names[0]} and {name} were fitted with {key} {first[key]!r} and "
+                             f"{other[key]!r}, so their losses do not compare; give each setting its own "
+                             "--SAVE_DIR")
+    return dict(sorted(runs.items(), key=lambda item: item[1].final_loss))
+
+
 def best_run(folder, estep="map"):
-    """(name, summary) of the best run fitted with --estep `estep`: the lowest final loss (for map the
-    joint loss, for smc -log p_hat(y | theta) / (B*M*T)); the two kinds are never compared. ValueError
-    if there is none."""
-    runs = {n: r for n, r in find_runs(folder).items() if r.options.get("estep", "map") == estep}
+    """(name, summary) of the best run in folder fitted with --estep `estep` (ranked). src.cli.NoResult
+    if there is none, src.cli.UsageError if its runs do not compare."""
+    from .cli import NoResult
+    runs = ranked(find_runs(folder), estep, folder)
     if not runs:
-        raise ValueError(f"no run fitted with --estep {estep} in {folder!r}: run `bash 3pop_neuLVM.sh` (or "
-                         "train_meso.py) first")
-    name = min(runs, key=lambda n: runs[n].final_loss)
+        raise NoResult(f"no run fitted with --estep {estep} in {folder!r} (a run of train_meso.py writes one): "
+                       "run bash 3pop_neuLVM.sh first")
+    name = next(iter(runs))
     return name, runs[name]
 
 
@@ -157,8 +186,13 @@ def main(argv):
               file=sys.stderr)
         return 1
     print(parameter_table(runs))
+    from .cli import UsageError
     for estep in esteps:
-        name, _ = best_run(argv[0], estep)
+        try:
+            name = next(iter(ranked(runs, estep, argv[0])))
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         kind = "" if esteps == ["map"] else f" (--estep {estep})"
         print(f"best run{kind}: {os.path.join(argv[0], name)}")
     return 0

@@ -24,10 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = dataclasses.replace(winner_take_all(), N=np.array([300, 300, 150]), init_rates=np.array([18.0, 6.0, 24.0]))
 
 
-def fake_run(folder, name, loss, theta, dataset="no/such/recording.npz"):
+def fake_run(folder, name, loss, theta, dataset="no/such/recording.npz", **options):
     """A run folder with a complete summary.json whose recording does not exist."""
     os.makedirs(os.path.join(folder, name))
-    RunSummary(options={"dataset": dataset, "dt": 0.004, "a_cutoff": 1.0, "scheme": "exact"},
+    RunSummary(options={"dataset": dataset, "dt": 0.004, "a_cutoff": 1.0, "scheme": "exact", "Nsampled": 3,
+                        **options},
                run_folder=os.path.join(folder, name), seed=0, dataset={"path": dataset, "seed": 7},
                network=NET.to_dict(), theta_names=[f"{g}_{a + 1}" for g in ("amem", "J", "rp", "ft") for a in range(3)],
                theta_true=NET.theta, prior_centre=NET.theta, theta_init=NET.theta, versions={},
@@ -82,6 +83,24 @@ def test_best_run_is_the_lowest_loss_and_broken_runs_are_skipped_with_a_warning(
     assert os.path.basename(folder) == "train1" and summary.final_loss == -3.0
     skipped = " ".join(str(w.message) for w in record)
     assert "train3" in skipped and "train4" in skipped, skipped
+
+
+@pytest.mark.parametrize("option, value", [("Nsampled", 10), ("dt", 0.002), ("scheme", "euler")])
+def test_runs_of_other_settings_in_one_folder_are_not_ranked_together(tmp_path, option, value):
+    """A run with more observed neurons (or finer bins, or the other integrator) has a loss of other
+    data or another model: picking the lowest of the folder would be a silent wrong choice."""
+    folder = str(tmp_path / "data11")
+    theta = winner_take_all().theta
+    fake_run(folder, "train0", -1.0, theta)
+    fake_run(folder, "other0", -9.0, theta, **{option: value})
+    with pytest.raises(script.UsageError, match=f"other0 and train0 were fitted with --{option} "):
+        script.pick_run(script.parse_options(["--result_dir", folder]))
+    out = run_script("--result_dir", folder, cwd=str(tmp_path))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "give each setting its own --SAVE_DIR" in out.stderr and "Traceback" not in out.stderr
+    listing = subprocess.run([sys.executable, "-m", "src.runs", folder], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert listing.returncode == 2 and f"--{option}" in listing.stderr, listing
 
 
 def test_run_option_picks_that_run_and_a_partial_one_is_an_error(runs):
