@@ -284,7 +284,8 @@ def run_fit(argv, folder, dataset, attempt):
         out.flush()
         offset = out.tell()
         child = subprocess.Popen([sys.executable, TRAIN_MESO, *argv], cwd=REPO, stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent)
+                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent,
+                                 env=fit_environment())
         try:
             status = child.wait()
         except BaseException:
@@ -298,6 +299,20 @@ def run_fit(argv, folder, dataset, attempt):
         last = lines[-1] if lines else "no output"
         raise FitFailed(f"train_meso.py exited with status {status} on {host}: {last} (output: {out_path})")
     return {"seconds": time.time() - start, "host": host}
+
+
+def fit_environment():
+    """The environment of a fit: this worker's, without the MALLOC_TRIM_THRESHOLD_ that Dask's nanny gives
+    its workers (distributed.nanny.pre-spawn-environ; a value of the user's own is kept). With it glibc
+    hands the fit's large buffers back to the system after each evaluation of the likelihood and faults
+    them in again: a fit took 1.2-1.5x as long (README "Many fits"). Dask's thread settings stay: they
+    are the ones train_meso.py sets."""
+    import dask
+    env = dict(os.environ)
+    dask_value = dask.config.get("distributed.nanny.pre-spawn-environ", {}).get("MALLOC_TRIM_THRESHOLD_")
+    if dask_value is not None and env.get("MALLOC_TRIM_THRESHOLD_") == str(dask_value):
+        del env["MALLOC_TRIM_THRESHOLD_"]
+    return env
 
 
 def wait_for_folder(folder):
