@@ -138,8 +138,9 @@ def ranked(runs, estep, folder):
 
     runs = {n: r for n, r in runs.items() if r.options.get("estep", "map") == estep}
     names = list(runs)
+    first = setting(runs[names[0]]) if names else {}
     for name in names[1:]:
-        first, other = setting(runs[names[0]]), setting(runs[name])
+        other = setting(runs[name])
         for key in (k for k in first if k in other and first[k] != other[k]):
             raise UsageError(f"{folder}: {names[0]} and {name} were fitted with {key} {first[key]!r} and "
                              f"{other[key]!r}, so their losses do not compare; give each setting its own "

@@ -360,13 +360,13 @@ class Progress:
         self._clear()
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
 
-    def update(self, done, running, failed, left, force=False, durations=(), running_for=()):
+    def update(self, done, failed, left, force=False, durations=(), running_for=()):
         """durations: wall seconds of the fits this call of the sweep finished; running_for: how long
-        each running fit has run (s)."""
+        each running fit has run (s), one entry per running fit."""
         elapsed = time.time() - self.start
         eta = time_left(left, durations, running_for)
         eta = "unknown" if eta is None else duration_text(eta)
-        line = (f"fits: {done} done, {running} running, {failed} failed, {left} left of {self.total}; "
+        line = (f"fits: {done} done, {len(running_for)} running, {failed} failed, {left} left of {self.total}; "
                 f"time left {eta}; {duration_text(elapsed)} so far; dashboard {self.dashboard}")
         if self.tty:
             self._clear()
@@ -468,9 +468,9 @@ def run_sweep(client, fits, progress):
                 failed[fit] = reason
                 progress.event(f"FAILED (attempt {attempt}, giving up): {fit.describe()}: {reason}")
         now = time.time()
-        progress.update(done, len(pending), len(failed), len(queue), durations=durations,
+        progress.update(done, len(failed), len(queue), durations=durations,
                         running_for=[now - t for t in started.values()])
-    progress.update(done, 0, len(failed), 0, force=True, durations=durations)
+    progress.update(done, len(failed), 0, force=True, durations=durations)
     return failed
 
 
