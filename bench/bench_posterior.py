@@ -23,7 +23,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from bench.bench_train import RESULT, activity_scores, j_errors, oracle_fit  # noqa: E402
+from bench.bench_train import RESULT, activity_scores, j_errors  # noqa: E402
+from src.em import oracle_fit  # noqa: E402
 from src.helper import run_window  # noqa: E402
 from src.report import measure_posterior, posterior_samples, posterior_seeds  # noqa: E402
 from src.results import load_arrays  # noqa: E402

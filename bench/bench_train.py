@@ -24,24 +24,13 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from src import neulvm  # noqa: E402
-from src.em import m_step  # noqa: E402
+from src.em import oracle_fit  # noqa: E402
 from src.helper import init_Z, make_window, smooth  # noqa: E402
-from src.LIFmesoCell import MesoModel  # noqa: E402
 from src.results import load_arrays  # noqa: E402
 from src.runs import best_run, find_runs, parameter_table  # noqa: E402
-from src.window import Z_MAX, Z_MIN  # noqa: E402
 
 RESULT = os.path.join(ROOT, "result", "3pop example", "data11")
 SMOOTH = 0.020   # s, Gaussian s.d. for comparing activities
-
-
-def oracle_fit(window):
-    """M-step on the true activity, from the true parameters: the identifiability limit of the window."""
-    truth = window.net.theta
-    Z = np.clip(window.Z_true, Z_MIN, Z_MAX)
-    model = MesoModel(window, truth, Z, "exact")
-    theta, info = m_step(model, truth, Z, list(zip(0.4 * truth, 2.0 * truth)), maxiter=500)
-    return theta, info
 
 
 def activity_scores(window, Z):

@@ -101,6 +101,17 @@ def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact
                    "nonfinite": guarded.nonfinite_at, "seconds": time.time() - start}
 
 
+def oracle_fit(window, scheme="exact", maxiter=500):
+    """The M-step on the true activity of every neuron (window.Z_true), from the true parameters, in
+    the prior box [0.4, 2] x truth: what the window identifies when nothing is hidden, the reference
+    the fits' parameter errors are measured against. Returns m_step's (theta, info)."""
+    from .LIFmesoCell import MesoModel      # the one place here that builds a model
+    truth = window.net.theta
+    Z = np.clip(window.Z_true, Z_MIN, Z_MAX)
+    model = MesoModel(window, truth, Z, scheme)
+    return m_step(model, truth, Z, list(zip(0.4 * truth, 2.0 * truth)), maxiter=maxiter)
+
+
 class Adam:
     """Adam (Kingma & Ba, 2015) on a numpy array, with Keras' default constants."""
 

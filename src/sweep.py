@@ -541,14 +541,18 @@ def dashboard_address(client):
 # ------------------------------------------------------------------ summarize FOLDER
 
 def summarize(argv):
-    """python -m src.sweep summarize FOLDER: one row per fit in fits.csv, the best restart of each grid
-    cell (lowest final loss) in cells.csv, both in summary.md, and the figures of parameter errors
-    against the window and the observed neurons, and of the spread over windows."""
+    """python -m src.sweep summarize FOLDER [--oracle]: one row per fit in fits.csv, the best restart of
+    each grid cell (lowest final loss) in cells.csv, both in summary.md, and the figures of parameter
+    errors against the window and the observed neurons, and of the spread over windows. --oracle adds,
+    as the E-step "oracle", the M-step on the true activity of each window (src.em.oracle_fit)."""
     from . import plots
     from .cli import NoResult
     from .results import save_figure, save_text
+    with_oracle = "--oracle" in argv
+    argv = [a for a in argv if a != "--oracle"]
     if len(argv) != 1 or argv[0].startswith("--"):
-        raise UsageError(f"usage: {PROG} summarize FOLDER (the --out of a sweep), got {shlex.join(argv) or 'nothing'}")
+        raise UsageError(f"usage: {PROG} summarize FOLDER [--oracle] (FOLDER: the --out of a sweep), got "
+                         f"{shlex.join(argv) or 'nothing'}")
     folder = argv[0]
     if not os.path.isdir(folder):
         raise UsageError(f"{PROG} summarize: {folder} is not a folder")
@@ -556,6 +560,9 @@ def summarize(argv):
     if not rows:
         raise NoResult(f"no fit with a complete EM step in {folder}: run {PROG} first")
     cells = best_per_cell(rows)
+    n_cells = len(cells)
+    if with_oracle:
+        cells += oracle_rows(folder, cells)
     columns = list(rows[0])
     save_text(os.path.join(folder, "fits.csv"), csv_text(rows, columns))
     save_text(os.path.join(folder, "cells.csv"), csv_text(cells, ["restarts"] + columns))
@@ -570,7 +577,7 @@ def summarize(argv):
         save_figure(os.path.join(folder, "spread_over_windows.png"), plots.plot_window_spread,
                     _groups(with_truth, "end_timepoint"), theta_names)
         written.append("spread_over_windows.png")
-    print(f"{len(rows)} fits in {len(cells)} grid cells; wrote {', '.join(written)} in {folder}")
+    print(f"{len(rows)} fits in {n_cells} grid cells; wrote {', '.join(written)} in {folder}")
     return 0
 
 
@@ -634,6 +641,50 @@ def latent_match(cell, name, summary, truths):
     Z = smooth(_flat(load_latents(cell, name, summary)[1]), LATENT_SMOOTH, dt) / dt
     match = [pearson_rmse(Z[a], truth[a]) for a in range(len(names))]
     return {**{f"r_{n}": m[0] for n, m in zip(names, match)}, **{f"rmse_{n}": m[1] for n, m in zip(names, match)}}
+
+
+def oracle_rows(folder, cells):
+    """[a row per window of the cells (recording, window, Nsampled, scheme), with estep and run "oracle"
+    and the relative errors of src.em.oracle_fit on that window]: where a fit would land if the
+    activity of every neuron were observed. Each is computed once (about a minute for a 10 s window)
+    and kept in {cell}/oracle.json beside the runs; windows without ground truth are left out."""
+    import numpy as np
+
+    from .dataset import load_recording
+    from .em import oracle_fit
+    from .helper import run_window
+    from .report import _resolve
+    from .results import load_json, save_json
+    from .runs import find_runs
+    oracles, done = [], set()
+    for c in cells:
+        key = (c["dataset"], c["end_timepoint"], c["Nsampled"], c["scheme"])
+        if key in done or c[next(k for k in c if k.startswith("err_"))] is None:
+            continue
+        done.add(key)
+        cell = os.path.join(folder, c["cell"])
+        summary = find_runs(cell)[c["run"]]
+        setting = {"dataset": _resolve(summary.dataset.get("path", summary.options["dataset"]), REPO),
+                   "scheme": summary.scheme, "dt": summary.dt,
+                   **{k: summary.options[k] for k in ("trial_length", "t_perbatch", "end_timepoint", "a_cutoff",
+                                                      "Nsampled", "with_input")}}
+        path = os.path.join(cell, "oracle.json")
+        kept = load_json(path) if os.path.exists(path) else None
+        if kept is None or kept.get("setting") != setting:
+            window = run_window(load_recording(setting["dataset"]), summary)
+            theta, info = oracle_fit(window, summary.scheme)
+            kept = {"setting": setting, "theta": theta.tolist(), "truth": window.net.theta.tolist(),
+                    "loss_start": info["loss_start"], "loss": info["loss"], "nit": info["nit"],
+                    "seconds": info["seconds"]}
+            save_json(path, kept)
+            print(f"oracle of {c['cell']}: {info['seconds']:.0f} s, loss {info['loss_start']:.5f} -> "
+                  f"{info['loss']:.5f}", flush=True)
+        theta, truth = np.asarray(kept["theta"]), np.asarray(kept["truth"])
+        errors = {f"err_{n}": e for n, e in zip(summary.theta_names, (theta - truth) / truth)}
+        oracles.append({**{k: None for k in c}, **{k: c[k] for k in ("dataset", "end_timepoint", "Nsampled", "scheme")},
+                        "cell": c["cell"], "run": "oracle", "estep": "oracle", "restarts": 1,
+                        "seconds": kept["seconds"], **errors})
+    return oracles
 
 
 def best_per_cell(rows):
@@ -722,8 +773,10 @@ def markdown_summary(folder, rows, cells, theta_names):
     common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns]
     return "\n".join([
         f"# Sweep {folder}", "",
-        f"{len(rows)} fits in {len(cells)} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
-        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; seconds: wall time of the fit.",
+        f"{len(rows)} fits in {len(_groups(rows))} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
+        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; seconds: wall time of the fit."
+        + (" E-step oracle: the M-step on the true activity of every neuron of the window, from the truth "
+           "(src.em.oracle_fit), the reference of the fits' errors." if any(c["estep"] == "oracle" for c in cells) else ""),
         "", "## Best restart of each grid cell (lowest final loss)", "",
         table(cells, ["dataset", "end_timepoint", "Nsampled", "scheme", "estep", "restarts", "run", *common]),
         "", "## Every fit", "",

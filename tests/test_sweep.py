@@ -239,6 +239,30 @@ def test_summarize_tables_and_figures(scenario):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
 
 
+def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(tmp_path, monkeypatch):
+    """--oracle: a row of E-step "oracle" per window whose errors are those of src.em.oracle_fit on the
+    window built here from the fit's options (Nsampled 2, so a window of the default Nsampled would
+    differ), kept in oracle.json and read from there the second time."""
+    from src import em
+    from src.dataset import load_recording
+    from src.helper import make_window
+    out = tmp_path / "sweep"
+    train_meso.main(["--dataset", DATASET, "--end_timepoint", "0.6", "--Nsampled", "2", "--SAVE_DIR", f"{out}/",
+                     *TINY, "--max_EMsteps", "1"])
+    assert sweep.main(["summarize", str(out), "--oracle"]) == 0
+    window = make_window(load_recording(DATASET), 0.004, 0.2, 0.2, 0.6, 0.2, 2)
+    theta, _ = em.oracle_fit(window, "exact")
+    truth = window.net.theta
+    lines = [line.split(",") for line in open(out / "cells.csv").read().splitlines()]
+    header, rows = lines[0], [dict(zip(lines[0], line)) for line in lines[1:]]
+    assert [r["estep"] for r in rows] == ["map", "oracle"]
+    names = [k for k in header if k.startswith("err_")]
+    np.testing.assert_allclose([float(rows[1][k]) for k in names], (theta - truth) / truth, rtol=0, atol=1e-9)
+    assert "E-step oracle" in open(out / "summary.md").read()
+    monkeypatch.setattr(em, "oracle_fit", lambda *a, **k: pytest.fail("the kept oracle was computed again"))
+    assert sweep.main(["summarize", str(out), "--oracle"]) == 0
+
+
 def test_window_spread_is_over_the_windows_of_each_setting():
     """Percentiles by hand: fitted / true 0.4, 1.0, 2.0 over three windows -> median 1.0, quartiles
     0.7 and 1.5 (linear interpolation); a setting with one window, and cells without truth, are left out."""

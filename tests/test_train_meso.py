@@ -26,7 +26,7 @@ import train_meso
 from src import neulvm
 from src.cli import software_versions
 from src.dataset import load_recording
-from src.em import m_step
+from src.em import m_step, oracle_fit
 from src.fast_np import SCHEMES
 from src.LIFmesoCell import MesoModel
 from src.results import LOCK_NAME, FolderInUse, RunSummary, folder_lock, load_arrays, load_json, save_arrays, save_json
@@ -156,8 +156,8 @@ def test_exact_mstep_beats_finite_differences():
 
 
 def test_oracle_mstep_reaches_a_stationary_point():
-    """True parameters and true activity: the M-step lowers the loss and ends where the gradient,
-    projected on the box, is small (L-BFGS-B stops on its relative-reduction test)."""
+    """src.em.oracle_fit (true parameters and true activity): the M-step lowers the loss and ends where
+    the gradient, projected on the box, is small (L-BFGS-B stops on its relative-reduction test)."""
     window = short_window()
     truth = window.net.theta
     Z = np.clip(window.Z_true, 1e-5, 1)
@@ -170,7 +170,7 @@ def test_oracle_mstep_reaches_a_stationary_point():
         g[(theta >= hi) & (g < 0)] = 0
         return np.abs(g).max()
 
-    theta, info = m_step(model, truth, Z, list(zip(lo, hi)), maxiter=500)
+    theta, info = oracle_fit(window)
     assert info["loss"] < info["loss_start"], info
     # measured 1.46 -> 1.1e-3 on this window; a wrong gradient stalls orders of magnitude higher
     assert projected_gradient(theta) < 1e-2 * projected_gradient(truth)
