@@ -647,7 +647,8 @@ def oracle_rows(folder, cells):
     """[a row per window of the cells (recording, window, Nsampled, scheme), with estep and run "oracle"
     and the relative errors of src.em.oracle_fit on that window]: where a fit would land if the
     activity of every neuron were observed. Each is computed once (about a minute for a 10 s window)
-    and kept in {cell}/oracle.json beside the runs; windows without ground truth are left out."""
+    and kept as oracle.json in a cell of its window (the E-steps' cells share it); windows without
+    ground truth are left out."""
     import numpy as np
 
     from .dataset import load_recording
@@ -656,27 +657,28 @@ def oracle_rows(folder, cells):
     from .report import _resolve
     from .results import load_json, save_json
     from .runs import find_runs
-    oracles, done = [], set()
+    windows = {}
     for c in cells:
-        key = (c["dataset"], c["end_timepoint"], c["Nsampled"], c["scheme"])
-        if key in done or c[next(k for k in c if k.startswith("err_"))] is None:
-            continue
-        done.add(key)
-        cell = os.path.join(folder, c["cell"])
-        summary = find_runs(cell)[c["run"]]
+        if c[next(k for k in c if k.startswith("err_"))] is not None:
+            windows.setdefault((c["dataset"], c["end_timepoint"], c["Nsampled"], c["scheme"]), []).append(c)
+    oracles = []
+    for group in windows.values():
+        c = group[0]
+        summary = find_runs(os.path.join(folder, c["cell"]))[c["run"]]
         setting = {"dataset": _resolve(summary.dataset.get("path", summary.options["dataset"]), REPO),
                    "scheme": summary.scheme, "dt": summary.dt,
                    **{k: summary.options[k] for k in ("trial_length", "t_perbatch", "end_timepoint", "a_cutoff",
                                                       "Nsampled", "with_input")}}
-        path = os.path.join(cell, "oracle.json")
-        kept = load_json(path) if os.path.exists(path) else None
-        if kept is None or kept.get("setting") != setting:
+        paths = [os.path.join(folder, other["cell"], "oracle.json") for other in group]
+        kept = next((k for k in (load_json(p) for p in paths if os.path.exists(p))
+                     if isinstance(k, dict) and k.get("setting") == setting), None)
+        if kept is None:
             window = run_window(load_recording(setting["dataset"]), summary)
             theta, info = oracle_fit(window, summary.scheme)
             kept = {"setting": setting, "theta": theta.tolist(), "truth": window.net.theta.tolist(),
                     "loss_start": info["loss_start"], "loss": info["loss"], "nit": info["nit"],
                     "seconds": info["seconds"]}
-            save_json(path, kept)
+            save_json(paths[0], kept)
             print(f"oracle of {c['cell']}: {info['seconds']:.0f} s, loss {info['loss_start']:.5f} -> "
                   f"{info['loss']:.5f}", flush=True)
         theta, truth = np.asarray(kept["theta"]), np.asarray(kept["truth"])
