@@ -12,8 +12,8 @@ box: s = 1 is EM step B, s > 1 an EM step made s times longer. With --drive_of b
 J_b is s times the truth's and the mean drive that b gives every population a is kept: rp_a moves by
 -(J_b(s) - J_b) conmat[b, a] A_b / amem_a, A_b the mean activity of b over the window (the truth's; with
 --from_fit, the curve through the fit, and A_b the mean of its last latent). If A_b is flat, as the I
-population's is in the winner-take-all network, only the fluctuations of A_b tell J_b from rp. At each point, --repeats independent
-passes of the particle filter give log p_hat(y | theta(s)) on the run's own window and scheme: mean and
+population's is in the winner-take-all network, only the fluctuations of A_b tell J_b from rp. At each
+point, --repeats independent passes of the particle filter give log p_hat(y | theta(s)) on the run's own window and scheme: mean and
 Monte Carlo standard error, and the difference to the truth's passes. The passes of the same repeat
 share their seed, so the differences between points are less noisy than each value. Prints a table and
 writes it as JSON (--out, default RUN/ridge.json).
@@ -113,12 +113,13 @@ def main():
         rows.append({"s": s, "theta": theta.tolist(), "log_p_hat": values.tolist(),
                      "mean": float(values.mean()), "se": se(values),
                      "minus_truth_mean": float(diff.mean()), "minus_truth_se": se(diff)})
-        print(f"| {s:g} | {' '.join(f'{x:.2f}' for x in J)} | {' '.join(f'{x:.2f}' for x in rp)} | {values.mean():.1f} +- {se(values):.1f} | "
-              f"{diff.mean():+.1f} +- {se(diff):.1f} |")
+        print(f"| {s:g} | {' '.join(f'{x:.2f}' for x in J)} | {' '.join(f'{x:.2f}' for x in rp)} | "
+              f"{values.mean():.1f} +- {se(values):.1f} | {diff.mean():+.1f} +- {se(diff):.1f} |")
     out = args.out or os.path.join(args.run, "ridge.json")
     with open(out, "w") as f:
         json.dump({"run": args.run, "scheme": run.scheme, "particles": args.particles, "repeats": args.repeats,
-                   "seed": args.seed, "em_steps": args.em_steps, "drive_of": args.drive_of, "from_fit": args.from_fit, "truth": truth.tolist(), "fit": fit.tolist(),
+                   "seed": args.seed, "em_steps": args.em_steps, "drive_of": args.drive_of, "from_fit": args.from_fit,
+                   "truth": truth.tolist(), "fit": fit.tolist(),
                    "truth_log_p_hat": at_truth.tolist(), "points": rows}, f, indent=1)
     print(f"written: {out}")
 
