@@ -619,20 +619,18 @@ def latent_match(cell, name, summary, truths):
     where the recording is not at hand or has no ground truth. The RMSE too, because in a window
     without a switch the truth is nearly flat and r says little. truths caches the windows' truth."""
     from .dataset import load_recording
-    from .helper import make_window, smooth
+    from .helper import run_window, smooth
     from .plots import population_names
-    from .report import LATENT_SMOOTH, _flat, _resolve, load_latents, pearson_rmse
-    o, dt = summary.options, summary.dt
-    path = _resolve(summary.dataset.get("path", o["dataset"]), REPO)
-    key = (path, dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"], o["a_cutoff"])
+    from .report import LATENT_SMOOTH, _flat, load_latents, pearson_rmse
+    dt, setting = summary.dt, window_setting(summary)
+    # The true activity of a window does not depend on the observed neurons or the scheme.
+    key = tuple(v for k, v in setting.items() if k not in ("Nsampled", "scheme"))
     if key not in truths:
         try:
-            window = make_window(load_recording(path), dt, o["trial_length"], o["t_perbatch"], o["end_timepoint"],
-                                 o["a_cutoff"], 1, with_input=bool(o["with_input"]))
-            Z_true = getattr(window, "Z_true", None)
+            Z_true = getattr(run_window(load_recording(setting["dataset"]), summary), "Z_true", None)
             truths[key] = None if Z_true is None else smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt   # (M, B*T) Hz
         except ValueError as err:
-            print(f"note: r of the latent not measured for the fits of {path}: {err}", file=sys.stderr)
+            print(f"note: r of the latent not measured for the fits of {setting['dataset']}: {err}", file=sys.stderr)
             truths[key] = None
     truth = truths[key]
     names = population_names(len(summary.theta_names) // 4)
@@ -641,6 +639,16 @@ def latent_match(cell, name, summary, truths):
     Z = smooth(_flat(load_latents(cell, name, summary)[1]), LATENT_SMOOTH, dt) / dt
     match = [pearson_rmse(Z[a], truth[a]) for a in range(len(names))]
     return {**{f"r_{n}": m[0] for n, m in zip(names, match)}, **{f"rmse_{n}": m[1] for n, m in zip(names, match)}}
+
+
+def window_setting(summary):
+    """What defines the window and the model a run (src.results.RunSummary) was fitted on: the
+    recording's resolved path, scheme, dt and the options of make_window."""
+    from .report import _resolve
+    o = summary.options
+    return {"dataset": _resolve(summary.dataset.get("path", o["dataset"]), REPO), "scheme": summary.scheme,
+            "dt": summary.dt, **{k: o[k] for k in ("trial_length", "t_perbatch", "end_timepoint", "a_cutoff",
+                                                   "Nsampled", "with_input")}}
 
 
 def oracle_rows(folder, cells):
@@ -654,7 +662,6 @@ def oracle_rows(folder, cells):
     from .dataset import load_recording
     from .em import oracle_fit
     from .helper import run_window
-    from .report import _resolve
     from .results import load_json, save_json
     from .runs import find_runs
     windows = {}
@@ -665,10 +672,7 @@ def oracle_rows(folder, cells):
     for group in windows.values():
         c = group[0]
         summary = find_runs(os.path.join(folder, c["cell"]))[c["run"]]
-        setting = {"dataset": _resolve(summary.dataset.get("path", summary.options["dataset"]), REPO),
-                   "scheme": summary.scheme, "dt": summary.dt,
-                   **{k: summary.options[k] for k in ("trial_length", "t_perbatch", "end_timepoint", "a_cutoff",
-                                                      "Nsampled", "with_input")}}
+        setting = window_setting(summary)
         paths = [os.path.join(folder, other["cell"], "oracle.json") for other in group]
         kept = next((k for k in (load_json(p) for p in paths if os.path.exists(p))
                      if isinstance(k, dict) and k.get("setting") == setting), None)

@@ -259,6 +259,18 @@ def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(
     names = [k for k in header if k.startswith("err_")]
     np.testing.assert_allclose([float(rows[1][k]) for k in names], (theta - truth) / truth, rtol=0, atol=1e-9)
     assert "E-step oracle" in open(out / "summary.md").read()
+    # r and RMSE of the fit's latent, by hand: its last E-step's Z against the window's truth, both
+    # smoothed 20 ms (5 bins of 4 ms), in Hz, the batches laid end to end.
+    from scipy.ndimage import gaussian_filter1d
+    run_folder = out / "data0.6" / "train0"
+    last = RunSummary.load(run_folder / "summary.json").em_steps[-1]["em_step"]
+    Z_fit = np.load(run_folder / f"E{last}_est_param", allow_pickle=False)["Z"]
+    fit_hz, true_hz = (gaussian_filter1d(Z.transpose(1, 0, 2).reshape(3, -1), 5.0, mode="nearest") / 0.004
+                       for Z in (Z_fit, window.Z_true))
+    fit_row = sweep.fit_rows(str(out))[0][0]
+    for a, name in enumerate(("E1", "E2", "I")):
+        assert fit_row[f"r_{name}"] == pytest.approx(np.corrcoef(fit_hz[a], true_hz[a])[0, 1], abs=1e-9)
+        assert fit_row[f"rmse_{name}"] == pytest.approx(np.sqrt(np.mean((fit_hz[a] - true_hz[a]) ** 2)), abs=1e-9)
     monkeypatch.setattr(em, "oracle_fit", lambda *a, **k: pytest.fail("the kept oracle was computed again"))
     assert sweep.main(["summarize", str(out), "--oracle"]) == 0
 
