@@ -5,7 +5,8 @@
     python bench/bench_posterior.py                                  # this table
 
 For the best run of each E-step (MAP: lowest joint loss; SMC: highest log p_hat(y | theta)) and the
-oracle (M-step on the true activity from the truth, same window and scheme): the J errors; r of the
+oracle (M-step on the true activity from the truth, same window and scheme): the J errors; the
+distance to threshold h0 - ft at the window's mean activity against the truth's; r of the
 inferred activity (SMC: the posterior mean) against the truth, 20 ms smoothing; for SMC, the coverage of
 the true activity by the 90% band of the posterior at the fit, from particle Gibbs draws smoothed
 20 ms (--sweeps draws); and the landscape: log p_hat(y | theta) at both end points and at the truth,
@@ -77,10 +78,19 @@ def main():
                                      args.sweeps, posterior_seeds(args.seed, args.repeats))
     posterior = measure_posterior(draws, window.Z_true, window.dt, log_p)
     print(f"band and landscape: {time.time() - start:.0f} s")
-    print("\n| fit | J errors (%) | r of the activity (E1, E2, I) |\n|---|---|---|")
+    A_mean = window.Z_true.mean(axis=(0, 2)) / window.dt           # Hz, the window's true mean activity
+
+    def drive(theta):
+        """h0 - ft at A_mean (src.report.measure_parameters' drive): what the spikes pin of J_3 and rp."""
+        net = rec.network.with_theta(theta)
+        return net.free_potential(A_mean) - net.ft
+
+    print("\n| fit | J errors (%) | drive h0 - ft, fitted - true (E1, E2, I) | r of the activity (E1, E2, I) |"
+          "\n|---|---|---|---|")
     for name, row in rows.items():
         J = " / ".join(f"{100 * e:+.0f}" for e in j_errors(row["theta"], truth))
-        print(f"| {name} | {J} | {' / '.join(f'{x:.2f}' for x in row['r'])} |")
+        d = " / ".join(f"{x:+.2f}" for x in drive(row["theta"]) - drive(truth))
+        print(f"| {name} | {J} | {d} | {' / '.join(f'{x:.2f}' for x in row['r'])} |")
     print(f"\ncoverage of the true activity (20 ms) by the 90% band at the SMC fit ({args.sweeps} particle Gibbs "
           f"draws): {' / '.join(f'{100 * c:.0f}%' for c in posterior['coverage'])} (E1 / E2 / I); target 80-95% "
           "for E1 and E2")

@@ -60,9 +60,10 @@ def parse(options_class, argv, prog, description, presets=None):
     parser = _OneLineParser(prog=prog, description=description, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(options_class):
-        kind, default, text = f.type, default_of(f), f.metadata["help"]
+        kind, default, text = f.type, default_of(f), f.metadata["help"].replace("%", "%%")   # argparse %-formats
         shown = "[required]" if f.metadata.get("required") else f"[default: {default!r}" + "".join(
             f"; --{flag}: {values[f.name]!r}" for flag, values in presets.items() if f.name in values) + "]"
+        shown = shown.replace("%", "%%")
         if kind in (bool, "bool"):
             parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=text)
         elif kind in (list, "list"):

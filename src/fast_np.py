@@ -77,7 +77,7 @@ def stationary_start(net, A0, dt, n_ages):
     (midpoints never fall on ref_t, where V jumps). A0: (B, M) Hz. Returns V0, logS0, each (B, M, n_ages).
     """
     amem, ft = net.amem[:, None], net.ft[:, None]                         # (M, 1)
-    h0 = net.rp + (A0 @ net.W) / net.amem                                  # (B, M)
+    h0 = net.free_potential(A0)                                            # (B, M)
 
     def potential(s):
         return np.where(s < net.ref_t - 1e-12, 0.0, h0[..., None] * -np.expm1(-amem * s))

@@ -77,6 +77,12 @@ class Network:
         """W[b, a]: coupling from population b to population a."""
         return self.J[:, None] * self.conmat
 
+    def free_potential(self, A):
+        """h0 = rp + (W^T A)_a / amem_a: the potential the neurons of each population relax to,
+        without their own spikes, under constant activities A (Hz, shape (..., M)); model.md's
+        stationary start. The escape rate there is exp(h0 - ft)."""
+        return self.rp + (np.asarray(A, dtype=float) @ self.W) / self.amem
+
     @property
     def theta(self):
         """The fitted parameters as one flat vector (amem, J, rp, ft)."""

@@ -202,18 +202,36 @@ def measure_latent(Z_true, Z_init, Z_runs, y_obs, dt, K, gpfa_iters, gpfa_restar
                            all(r_neulvm[a] > scores[GPFA][a][0] for a in range(M)))}
 
 
-def measure_parameters(runs):
+def measure_parameters(runs, A_mean=None):
     """Claim 2: {run: final_loss, em_steps (how many complete), train_Noinit, finished, and
     parameters: [{name, true, initial, fitted, rel_error = (fitted - true) / true}]} of each
     src.results.RunSummary in runs {name: summary}, in the order given; true and rel_error are None
-    for a recording without ground truth."""
+    for a recording without ground truth.
+
+    With A_mean (Hz, (M,): the true mean activity of the window) and ground truth, each run also gets
+    drive: [{name, true, fitted, difference = fitted - true}] of h0_a - ft_a, the free potential at
+    A_mean (Network.free_potential) minus the threshold. The spikes of a few neurons pin this
+    combination where they do not pin J_3 and rp apart (README, "Where the SMC fits stop")."""
+    from .plots import population_names
+
     def rows(s):
         truth = s.theta_true if s.theta_true is not None else [None] * len(s.theta_names)
         return [{"name": n, "true": t, "initial": i, "fitted": f, "rel_error": None if t is None else (f - t) / t}
                 for n, t, i, f in zip(s.theta_names, truth, s.theta_init, s.theta_final)]
-    return {name: {"final_loss": s.final_loss, "em_steps": len(s.em_steps), "train_Noinit": s.seed,
-                   "finished": bool(s.finished), "parameters": rows(s)}
-            for name, s in runs.items()}
+
+    def drive(s):
+        true, fitted = ((net.free_potential(A_mean) - net.ft) for net in (s.true_network(), s.fitted_network()))
+        return [{"name": n, "true": float(t), "fitted": float(f), "difference": float(f - t)}
+                for n, t, f in zip(population_names(len(true)), true, fitted)]
+
+    out = {name: {"final_loss": s.final_loss, "em_steps": len(s.em_steps), "train_Noinit": s.seed,
+                  "finished": bool(s.finished), "parameters": rows(s)}
+           for name, s in runs.items()}
+    if A_mean is not None:
+        for name, s in runs.items():
+            if s.theta_true is not None:
+                out[name]["drive"] = drive(s)
+    return out
 
 
 def measure_metastability(pieces, N, dt):
@@ -767,6 +785,21 @@ def _parameters_section(parameters, best):
             true, error = ("n/a", "n/a") if q["true"] is None else (f"{q['true']:.4g}", f"{q['rel_error']:+.3f}")
             w(f"| {q['name']} | {true} | {q['initial']:.4g} | {q['fitted']:.4g} | {error} |")
         w("")
+    with_drive = {name: p["drive"] for name, p in parameters.items() if "drive" in p}
+    if with_drive:
+        names = [q["name"] for q in next(iter(with_drive.values()))]
+        w("**Distance to threshold at the window's mean activity**, h0 - ft with h0 = rp + (W^T A)/amem at "
+          "the true mean activity A of the window (potential units; the escape rate there is exp(h0 - ft)). "
+          "A few neurons' spikes pin it where they do not pin J and rp apart: in the winner-take-all "
+          "network, log p(y | theta) of a 10 s window is flat along J_3 with rp moved to keep it (README, "
+          "\"Where the SMC fits stop\").\n")
+        w("| run | " + " | ".join(f"{n}: fitted - true" for n in names) + " |\n|---|" + "---|" * len(names))
+        truth = next(iter(with_drive.values()))
+        w("| truth (h0 - ft) | " + " | ".join(f"{q['true']:.3f}" for q in truth) + " |")
+        for name, rows in with_drive.items():
+            w(f"| {name}{' (best)' if name == best else ''} | "
+              + " | ".join(f"{q['difference']:+.3f}" for q in rows) + " |")
+        w("")
     return md
 
 
@@ -960,7 +993,7 @@ def make_report(opt, argv):
                             opt.gpfa_restarts, log)
     save_figure(os.path.join(out, FIGURES["latent"]), plots.plot_latent, latent["truth"],
                 latent["estimates"], dt, names, o["end_timepoint"] - o["trial_length"], LATENT_SMOOTH)
-    parameters = measure_parameters(runs)
+    parameters = measure_parameters(runs, window.Z_true.mean(axis=(0, 2)) / dt)
     timings["latent inference"] = time.time() - t0
     log("latent inference done")
     posterior, posterior_seed_list = None, {}

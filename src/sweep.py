@@ -556,13 +556,14 @@ def summarize(argv):
     folder = argv[0]
     if not os.path.isdir(folder):
         raise UsageError(f"{PROG} summarize: {folder} is not a folder")
-    rows, theta_names = fit_rows(folder)
+    truths = {}
+    rows, theta_names = fit_rows(folder, truths)
     if not rows:
         raise NoResult(f"no fit with a complete EM step in {folder}: run {PROG} first")
     cells = best_per_cell(rows)
     n_cells = len(cells)
     if with_oracle:
-        cells += oracle_rows(folder, cells)
+        cells += oracle_rows(folder, cells, truths)
     columns = list(rows[0])
     save_text(os.path.join(folder, "fits.csv"), csv_text(rows, columns))
     save_text(os.path.join(folder, "cells.csv"), csv_text(cells, ["restarts"] + columns))
@@ -581,63 +582,84 @@ def summarize(argv):
     return 0
 
 
-def fit_rows(folder):
+def fit_rows(folder, truths=None):
     """([row per fit: grid cell, restart, final loss, EM steps, finished, wall time, relative error of
-    each parameter, r of the latent per population], theta names). Fits without a complete EM step
-    are left out with a note."""
+    each parameter, distance to threshold at the mean activity against the truth's, r and RMSE of the
+    latent per population], theta names). Fits without a complete EM step are left out with a note.
+    truths: the cache of window_truth."""
     import warnings
 
-    from .report import measure_parameters
     from .runs import find_runs
     cell_folders = sorted({os.path.dirname(d) for d, _, files in os.walk(folder) if "summary.json" in files})
-    rows, theta_names, truths = [], None, {}
+    rows, theta_names, truths = [], None, {} if truths is None else truths
     for cell in cell_folders:
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always")
             runs = find_runs(cell)
         for note in notes:
             print(f"note: {note.message}", file=sys.stderr)
-        errors = measure_parameters(runs)
         for name, s in sorted(runs.items(), key=lambda item: item[1].seed):
             o = s.options
             theta_names = theta_names or list(s.theta_names)
+            truth = window_truth(s, truths)
             row = {"cell": os.path.relpath(cell, folder), "run": name,
                    "dataset": os.path.basename(s.dataset.get("path", o["dataset"])),
                    "end_timepoint": o["end_timepoint"], "Nsampled": o["Nsampled"], "train_Noinit": s.seed,
                    "scheme": s.scheme, "estep": o.get("estep", "map"), "finished": bool(s.finished),
-                   "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds}
-            row.update({f"err_{p['name']}": p["rel_error"] for p in errors[name]["parameters"]})
-            row.update(latent_match(cell, name, s, truths))
+                   "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds,
+                   **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
             rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], r["Nsampled"], r["scheme"], r["estep"], r["end_timepoint"], r["train_Noinit"]))
     return rows, theta_names
 
 
-def latent_match(cell, name, summary, truths):
-    """{r_E1: ..., ..., rmse_E1: ..., ...}: Pearson r and RMSE (Hz) of the run's last latent against
-    the true activity of its window, as src.report measures a run (smoothed by LATENT_SMOOTH); None
-    where the recording is not at hand or has no ground truth. The RMSE too, because in a window
-    without a switch the truth is nearly flat and r says little. truths caches the windows' truth."""
+def parameter_columns(summary, truth):
+    """{err_amem_1: ..., ..., drive_E1: ..., ...}: src.report.measure_parameters of one run (a
+    src.results.RunSummary): the relative error of each parameter, and the fitted minus the true
+    distance to threshold h0 - ft at the window's mean activity (truth from window_truth). None where
+    there is no ground truth."""
+    from .plots import population_names
+    from .report import measure_parameters
+    measured = measure_parameters({"run": summary}, None if truth is None else truth[1])["run"]
+    drive = {q["name"]: q["difference"] for q in measured.get("drive", [])}
+    return {**{f"err_{q['name']}": q["rel_error"] for q in measured["parameters"]},
+            **{f"drive_{n}": drive.get(n) for n in population_names(len(summary.theta_names) // 4)}}
+
+
+def window_truth(summary, truths):
+    """(the true activity of the window a run was fitted on, smoothed by LATENT_SMOOTH as src.report
+    compares it, (M, B*T) Hz; its mean over the window, (M,) Hz), or None where the recording is not at
+    hand or has no ground truth. truths caches them per window: the true activity of a window does not
+    depend on the observed neurons or the scheme."""
     from .dataset import load_recording
     from .helper import run_window, smooth
-    from .plots import population_names
-    from .report import LATENT_SMOOTH, _flat, load_latents, pearson_rmse
+    from .report import LATENT_SMOOTH, _flat
     dt, setting = summary.dt, window_setting(summary)
-    # The true activity of a window does not depend on the observed neurons or the scheme.
     key = tuple(v for k, v in setting.items() if k not in ("Nsampled", "scheme"))
     if key not in truths:
         try:
             Z_true = getattr(run_window(load_recording(setting["dataset"]), summary), "Z_true", None)
-            truths[key] = None if Z_true is None else smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt   # (M, B*T) Hz
+            truths[key] = None if Z_true is None else (smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt,
+                                                       Z_true.mean(axis=(0, 2)) / dt)
         except ValueError as err:
-            print(f"note: r of the latent not measured for the fits of {setting['dataset']}: {err}", file=sys.stderr)
+            print(f"note: the fits of {setting['dataset']} are not compared with the truth: {err}", file=sys.stderr)
             truths[key] = None
-    truth = truths[key]
+    return truths[key]
+
+
+def latent_match(cell, name, summary, truth):
+    """{r_E1: ..., ..., rmse_E1: ..., ...}: Pearson r and RMSE (Hz) of the run's last latent against
+    the true activity of its window (from window_truth), as src.report measures a run; None without
+    ground truth. The RMSE too, because in a window without a switch the truth is nearly flat and r
+    says little."""
+    from .helper import smooth
+    from .plots import population_names
+    from .report import LATENT_SMOOTH, _flat, load_latents, pearson_rmse
     names = population_names(len(summary.theta_names) // 4)
     if truth is None:
         return {f"{k}_{n}": None for k in ("r", "rmse") for n in names}
-    Z = smooth(_flat(load_latents(cell, name, summary)[1]), LATENT_SMOOTH, dt) / dt
-    match = [pearson_rmse(Z[a], truth[a]) for a in range(len(names))]
+    Z = smooth(_flat(load_latents(cell, name, summary)[1]), LATENT_SMOOTH, summary.dt) / summary.dt
+    match = [pearson_rmse(Z[a], truth[0][a]) for a in range(len(names))]
     return {**{f"r_{n}": m[0] for n, m in zip(names, match)}, **{f"rmse_{n}": m[1] for n, m in zip(names, match)}}
 
 
@@ -651,14 +673,12 @@ def window_setting(summary):
                                                    "Nsampled", "with_input")}}
 
 
-def oracle_rows(folder, cells):
+def oracle_rows(folder, cells, truths=None):
     """[a row per window of the cells (recording, window, Nsampled, scheme), with estep and run "oracle"
     and the relative errors of src.em.oracle_fit on that window]: where a fit would land if the
     activity of every neuron were observed. Each is computed once (about a minute for a 10 s window)
     and kept as oracle.json in a cell of its window (the E-steps' cells share it); windows without
-    ground truth are left out."""
-    import numpy as np
-
+    ground truth are left out. truths: the cache of window_truth."""
     from .dataset import load_recording
     from .em import oracle_fit
     from .helper import run_window
@@ -685,11 +705,11 @@ def oracle_rows(folder, cells):
             save_json(paths[0], kept)
             print(f"oracle of {c['cell']}: {info['seconds']:.0f} s, loss {info['loss_start']:.5f} -> "
                   f"{info['loss']:.5f}", flush=True)
-        theta, truth = np.asarray(kept["theta"]), np.asarray(kept["truth"])
-        errors = {f"err_{n}": e for n, e in zip(summary.theta_names, (theta - truth) / truth)}
+        oracle = dataclasses.replace(summary, theta_final=kept["theta"])
         oracles.append({**{k: None for k in c}, **{k: c[k] for k in ("dataset", "end_timepoint", "Nsampled", "scheme")},
                         "cell": c["cell"], "run": "oracle", "estep": "oracle", "restarts": 1,
-                        "seconds": kept["seconds"], **errors})
+                        "seconds": kept["seconds"],
+                        **parameter_columns(oracle, window_truth(summary, {} if truths is None else truths))})
     return oracles
 
 
@@ -755,6 +775,8 @@ def markdown_summary(folder, rows, cells, theta_names):
             return f"{value:.3f}"
         if key.startswith("rmse_"):
             return f"{value:.1f}"
+        if key.startswith("drive_"):
+            return f"{value:+.2f}"
         if key == "final_loss":
             return f"{value:.4f}"
         if key == "seconds":
@@ -776,11 +798,15 @@ def markdown_summary(folder, rows, cells, theta_names):
         ""]
     r_columns = [k for k in rows[0] if k.startswith(("r_", "rmse_"))]
     err_columns = [f"err_{n}" for n in theta_names]
-    common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns]
+    drive_columns = [k for k in rows[0] if k.startswith("drive_")]
+    common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns, *drive_columns]
     return "\n".join([
         f"# Sweep {folder}", "",
         f"{len(rows)} fits in {len(_groups(rows))} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
-        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; seconds: wall time of the fit."
+        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; drive: "
+        "h0 - ft fitted minus true, the distance to threshold of the free potential at the window's mean activity "
+        "(potential units; src.report.measure_parameters), which the spikes pin where they do not pin J_3 and rp "
+        "apart; seconds: wall time of the fit."
         + (" E-step oracle: the M-step on the true activity of every neuron of the window, from the truth "
            "(src.em.oracle_fit), the reference of the fits' errors." if any(c["estep"] == "oracle" for c in cells) else ""),
         "", "## Best restart of each grid cell (lowest final loss)", "",

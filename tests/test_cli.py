@@ -1,5 +1,8 @@
 """Tests of src/cli.py: options from a dataclass, one-line errors, exit codes, software versions."""
+import os
 import platform
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +13,7 @@ import src
 from src.cli import REQUIRED, NoResult, UsageError, check, option, parse, run, software_versions
 
 PROG = "script.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -109,6 +113,29 @@ def test_help_lists_every_option_with_its_default_and_preset(capsys):
                  "--onsets ONSETS [ONSETS ...] pulse onsets (s) [default: [20.0, 60.0]; --quick: [0.5]]",
                  "--quick a small run"):
         assert text in out, (text, out)
+
+
+@dataclass
+class WithPercent:
+    band: float = option(0.9, "the 90% band")
+    name: str = option("100%", "a default with a % sign")
+
+
+def test_help_shows_percent_signs_as_written(capsys):
+    """argparse %-formats help texts: a bare % in a help text or a default must not break --help."""
+    with pytest.raises(SystemExit) as done:
+        parse(WithPercent, ["--help"], PROG, "doc")
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--band BAND the 90% band [default: 0.9]" in out and "--name NAME a default with a % sign [default: '100%']" in out, out
+
+
+@pytest.mark.parametrize("program", ["train_meso", "simulate_with_trainedparams", "src.report", "src.microsim",
+                                     "src.peers", "src.dataset import", "src.dataset export", "src.sweep"])
+def test_every_program_prints_its_help(program):
+    done = subprocess.run([sys.executable, "-m", *program.split(), "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), (program, done.stderr[-500:])
 
 
 @dataclass

@@ -247,6 +247,33 @@ def test_measure_parameters_gives_each_runs_relative_errors_in_the_order_given()
     assert out["train0"]["finished"] is True and out["train0"]["em_steps"] == 2
 
 
+def test_measure_parameters_drive_is_the_distance_to_threshold_at_the_mean_activity():
+    """h0_a - ft_a by hand (rp_a + sum_b J_b conmat[b, a] A_b / amem_a - ft_a, loops): a fit that
+    halves J_3 and moves each rp_a to keep I's mean drive has the truth's drive, though its J_3 is off
+    by 50%; one whose ft_1 is 0.3 higher is 0.3 lower on E1 only. Without A_mean, no drive."""
+    net = winner_take_all()
+    M, A = net.M, np.array([18.9, 5.8, 24.5])
+    truth = net.theta
+    ridge = truth.copy()
+    ridge[M + 2] = 0.5 * truth[M + 2]
+    ridge[2 * M:3 * M] += 0.5 * truth[M + 2] * net.conmat[2] * A[2] / truth[:M]
+    higher = truth.copy()
+    higher[3 * M] += 0.3
+    runs = {name: RunSummary(options={}, run_folder="", seed=0, dataset={}, network=net.to_dict(),
+                             theta_names=[f"{k}_{a + 1}" for k in ("amem", "J", "rp", "ft") for a in range(M)],
+                             theta_true=list(truth), prior_centre=list(truth), theta_init=list(truth), versions={},
+                             theta_final=list(theta)) for name, theta in (("ridge", ridge), ("higher", higher))}
+    out = report.measure_parameters(runs, A)
+    h0_true = [net.rp[a] + sum(net.J[b] * net.conmat[b, a] * A[b] for b in range(M)) / net.amem[a] - net.ft[a]
+               for a in range(M)]
+    assert [q["name"] for q in out["ridge"]["drive"]] == ["E1", "E2", "I"]
+    assert [q["true"] for q in out["ridge"]["drive"]] == pytest.approx(h0_true, abs=1e-12)
+    assert [q["difference"] for q in out["ridge"]["drive"]] == pytest.approx([0, 0, 0], abs=1e-12)
+    assert out["ridge"]["parameters"][M + 2]["rel_error"] == pytest.approx(-0.5)
+    assert [q["difference"] for q in out["higher"]["drive"]] == pytest.approx([-0.3, 0, 0], abs=1e-12)
+    assert "drive" not in report.measure_parameters(runs)["ridge"]
+
+
 @pytest.mark.parametrize("fitted_switches, duration, fitted_durations, within", [
     ([1.0, 3.0, 5.0, 7.0], 9.0, [2.0, 2.0, 2.0], True),      # mean 2 s vs the network's 7/3 s: ratio 6/7
     ([1.0, 7.0, 13.0], 15.0, [6.0, 6.0], False)])           # mean 6 s: ratio 18/7 > 1.5

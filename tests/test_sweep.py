@@ -271,6 +271,16 @@ def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(
     for a, name in enumerate(("E1", "E2", "I")):
         assert fit_row[f"r_{name}"] == pytest.approx(np.corrcoef(fit_hz[a], true_hz[a])[0, 1], abs=1e-9)
         assert fit_row[f"rmse_{name}"] == pytest.approx(np.sqrt(np.mean((fit_hz[a] - true_hz[a]) ** 2)), abs=1e-9)
+    # drive: h0 - ft at the window's true mean activity, fitted minus true, for the fit and the oracle
+    A = window.Z_true.mean(axis=(0, 2)) / 0.004
+    def drive(th):                                                          # noqa: E306
+        amem, J, rp, ft = np.reshape(th, (4, 3))
+        return rp + (A * J) @ window.net.conmat / amem - ft
+    fitted = RunSummary.load(run_folder / "summary.json").theta_final
+    oracle_row = sweep.oracle_rows(str(out), [fit_row])[0]
+    for a, name in enumerate(("E1", "E2", "I")):
+        assert fit_row[f"drive_{name}"] == pytest.approx(drive(fitted)[a] - drive(truth)[a], abs=1e-9)
+        assert oracle_row[f"drive_{name}"] == pytest.approx(drive(theta)[a] - drive(truth)[a], abs=1e-9)
     monkeypatch.setattr(em, "oracle_fit", lambda *a, **k: pytest.fail("the kept oracle was computed again"))
     assert sweep.main(["summarize", str(out), "--oracle"]) == 0
 
