@@ -85,8 +85,8 @@ def main():
         net = rec.network.with_theta(theta)
         return net.free_potential(A_mean) - net.ft
 
-    print("\n| fit | J errors (%) | drive h0 - ft, fitted - true (E1, E2, I) | r of the activity (E1, E2, I) |"
-          "\n|---|---|---|---|")
+    print("\n| fit | J errors (%) | drive h0 - ft, fitted - true (E1, E2, I) "
+          "| r of the activity (E1, E2, I) |\n|---|---|---|---|")
     for name, row in rows.items():
         J = " / ".join(f"{100 * e:+.0f}" for e in j_errors(row["theta"], truth))
         d = " / ".join(f"{x:+.2f}" for x in drive(row["theta"]) - drive(truth))

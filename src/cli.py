@@ -60,7 +60,8 @@ def parse(options_class, argv, prog, description, presets=None):
     parser = _OneLineParser(prog=prog, description=description, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(options_class):
-        kind, default, text = f.type, default_of(f), f.metadata["help"].replace("%", "%%")   # argparse %-formats
+        # argparse %-formats help texts: a % sign of ours is doubled
+        kind, default, text = f.type, default_of(f), f.metadata["help"].replace("%", "%%")
         shown = "[required]" if f.metadata.get("required") else f"[default: {default!r}" + "".join(
             f"; --{flag}: {values[f.name]!r}" for flag, values in presets.items() if f.name in values) + "]"
         shown = shown.replace("%", "%%")

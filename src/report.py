@@ -220,7 +220,7 @@ def measure_parameters(runs, A_mean=None):
                 for n, t, i, f in zip(s.theta_names, truth, s.theta_init, s.theta_final)]
 
     def drive(s):
-        true, fitted = ((net.free_potential(A_mean) - net.ft) for net in (s.true_network(), s.fitted_network()))
+        true, fitted = (net.free_potential(A_mean) - net.ft for net in (s.true_network(), s.fitted_network()))
         return [{"name": n, "true": float(t), "fitted": float(f), "difference": float(f - t)}
                 for n, t, f in zip(population_names(len(true)), true, fitted)]
 

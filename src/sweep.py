@@ -642,7 +642,8 @@ def window_truth(summary, truths):
             truths[key] = None if Z_true is None else (smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt,
                                                        Z_true.mean(axis=(0, 2)) / dt)
         except ValueError as err:
-            print(f"note: the fits of {setting['dataset']} are not compared with the truth: {err}", file=sys.stderr)
+            print(f"note: the fits of {setting['dataset']} are not compared with the truth: {err}",
+                  file=sys.stderr)
             truths[key] = None
     return truths[key]
 
@@ -803,10 +804,10 @@ def markdown_summary(folder, rows, cells, theta_names):
     return "\n".join([
         f"# Sweep {folder}", "",
         f"{len(rows)} fits in {len(_groups(rows))} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
-        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; drive: "
-        "h0 - ft fitted minus true, the distance to threshold of the free potential at the window's mean activity "
-        "(potential units; src.report.measure_parameters), which the spikes pin where they do not pin J_3 and rp "
-        "apart; seconds: wall time of the fit."
+        "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; "
+        "drive: h0 - ft fitted minus true, the distance to threshold of the free potential at the window's "
+        "mean activity (potential units; src.report.measure_parameters), which the spikes pin where they do "
+        "not pin J_3 and rp apart; seconds: wall time of the fit."
         + (" E-step oracle: the M-step on the true activity of every neuron of the window, from the truth "
            "(src.em.oracle_fit), the reference of the fits' errors." if any(c["estep"] == "oracle" for c in cells) else ""),
         "", "## Best restart of each grid cell (lowest final loss)", "",

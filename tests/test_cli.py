@@ -127,11 +127,13 @@ def test_help_shows_percent_signs_as_written(capsys):
         parse(WithPercent, ["--help"], PROG, "doc")
     assert done.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--band BAND the 90% band [default: 0.9]" in out and "--name NAME a default with a % sign [default: '100%']" in out, out
+    assert "--band BAND the 90% band [default: 0.9]" in out, out
+    assert "--name NAME a default with a % sign [default: '100%']" in out, out
 
 
-@pytest.mark.parametrize("program", ["train_meso", "simulate_with_trainedparams", "src.report", "src.microsim",
-                                     "src.peers", "src.dataset import", "src.dataset export", "src.sweep"])
+@pytest.mark.parametrize("program", ["train_meso", "simulate_with_trainedparams", "src.report",
+                                     "src.microsim", "src.peers", "src.dataset import", "src.dataset export",
+                                     "src.sweep"])
 def test_every_program_prints_its_help(program):
     done = subprocess.run([sys.executable, "-m", *program.split(), "--help"], cwd=ROOT, capture_output=True,
                           text=True)

@@ -259,10 +259,11 @@ def test_measure_parameters_drive_is_the_distance_to_threshold_at_the_mean_activ
     ridge[2 * M:3 * M] += 0.5 * truth[M + 2] * net.conmat[2] * A[2] / truth[:M]
     higher = truth.copy()
     higher[3 * M] += 0.3
+    names = [f"{k}_{a + 1}" for k in ("amem", "J", "rp", "ft") for a in range(M)]
     runs = {name: RunSummary(options={}, run_folder="", seed=0, dataset={}, network=net.to_dict(),
-                             theta_names=[f"{k}_{a + 1}" for k in ("amem", "J", "rp", "ft") for a in range(M)],
-                             theta_true=list(truth), prior_centre=list(truth), theta_init=list(truth), versions={},
-                             theta_final=list(theta)) for name, theta in (("ridge", ridge), ("higher", higher))}
+                             theta_names=names, theta_true=list(truth), prior_centre=list(truth),
+                             theta_init=list(truth), versions={}, theta_final=list(theta))
+            for name, theta in (("ridge", ridge), ("higher", higher))}
     out = report.measure_parameters(runs, A)
     h0_true = [net.rp[a] + sum(net.J[b] * net.conmat[b, a] * A[b] for b in range(M)) / net.amem[a] - net.ft[a]
                for a in range(M)]

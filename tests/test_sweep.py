@@ -270,7 +270,8 @@ def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(
     fit_row = sweep.fit_rows(str(out))[0][0]
     for a, name in enumerate(("E1", "E2", "I")):
         assert fit_row[f"r_{name}"] == pytest.approx(np.corrcoef(fit_hz[a], true_hz[a])[0, 1], abs=1e-9)
-        assert fit_row[f"rmse_{name}"] == pytest.approx(np.sqrt(np.mean((fit_hz[a] - true_hz[a]) ** 2)), abs=1e-9)
+        rmse = np.sqrt(np.mean((fit_hz[a] - true_hz[a]) ** 2))
+        assert fit_row[f"rmse_{name}"] == pytest.approx(rmse, abs=1e-9)
     # drive: h0 - ft at the window's true mean activity, fitted minus true, for the fit and the oracle
     A = window.Z_true.mean(axis=(0, 2)) / 0.004
     def drive(th):                                                          # noqa: E306
