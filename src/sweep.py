@@ -735,9 +735,10 @@ def _groups(rows, axis=None):
 
 def window_spread(cells, theta_names):
     """[{the setting (the grid cell but its window), windows: how many, spread_{name}: (median, 25th
-    and 75th percentile, min, max) of fitted / true over the windows}]: for each setting fitted on two
-    windows or more, the best restart of each window (the paper's protocol: where the fit of one
-    window lands). Cells without ground truth are left out."""
+    and 75th percentile, min, max) of fitted / true over the windows, and spread_drive_{population}:
+    the same of the drive's fitted - true}]: for each setting fitted on two windows or more, the best
+    restart of each window (the paper's protocol: where the fit of one window lands). Cells without
+    ground truth are left out."""
     import numpy as np
 
     from .plots import SWEEP_KEYS
@@ -748,9 +749,12 @@ def window_spread(cells, theta_names):
             continue
         row = dict(zip([k for k in SWEEP_KEYS if k != "end_timepoint"], setting))
         row["windows"] = len(group)
-        for n in theta_names:
-            ratio = 1 + np.array([c[f"err_{n}"] for c in group])
-            row[f"spread_{n}"] = (*np.percentile(ratio, [50, 25, 75]), ratio.min(), ratio.max())
+        measures = {f"spread_{n}": [1 + c[f"err_{n}"] for c in group] for n in theta_names}
+        measures.update({f"spread_{k}": [c[k] for c in group] for k in group[0] if k.startswith("drive_")})
+        for key, values in measures.items():
+            if None not in values:
+                values = np.array(values)
+                row[key] = (*np.percentile(values, [50, 25, 75]), values.min(), values.max())
         spread.append(row)
     return spread
 
@@ -794,8 +798,10 @@ def markdown_summary(folder, rows, cells, theta_names):
     spread = window_spread(cells, theta_names)
     spread_section = [] if not spread else [
         "## Spread over windows (best restart of each window)", "",
-        "fitted / true of each parameter: median [25th, 75th percentile] (min-max) over the windows.", "",
-        table(spread, [k for k in spread[0] if not k.startswith("spread_")] + [f"spread_{n}" for n in theta_names]),
+        "fitted / true of each parameter, and fitted - true of the drive: median [25th, 75th percentile] "
+        "(min-max) over the windows.", "",
+        table(spread, [k for k in spread[0] if not k.startswith("spread_")] + [f"spread_{n}" for n in theta_names]
+              + [k for k in spread[0] if k.startswith("spread_drive_")]),
         ""]
     r_columns = [k for k in rows[0] if k.startswith(("r_", "rmse_"))]
     err_columns = [f"err_{n}" for n in theta_names]

@@ -288,15 +288,17 @@ def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(
 
 def test_window_spread_is_over_the_windows_of_each_setting():
     """Percentiles by hand: fitted / true 0.4, 1.0, 2.0 over three windows -> median 1.0, quartiles
-    0.7 and 1.5 (linear interpolation); a setting with one window, and cells without truth, are left out."""
+    0.7 and 1.5 (linear interpolation), and of the drive's differences -1, 0, 2 -> 0, -0.5, 1; a setting
+    with one window, and cells without truth, are left out."""
     def cell(end, estep, err):
         return {"dataset": "rec.npz", "end_timepoint": end, "Nsampled": 3, "scheme": "exact", "estep": estep,
-                "err_J_1": err}
+                "err_J_1": err, "drive_E1": None if err is None else {-0.6: -1.0, 0.0: 0.0, 1.0: 2.0}.get(err, 0.3)}
     cells = [cell(35, "map", -0.6), cell(44, "map", 0.0), cell(65, "map", 1.0), cell(80, "map", None),
              cell(35, "smc", 0.1)]
     (row,) = sweep.window_spread(cells, ["J_1"])
     assert (row["estep"], row["windows"]) == ("map", 3)
     np.testing.assert_allclose(row["spread_J_1"], [1.0, 0.7, 1.5, 0.4, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(row["spread_drive_E1"], [0.0, -0.5, 1.0, -1.0, 2.0], rtol=1e-12)
 
 
 def test_time_left_counts_the_running_fits_and_the_slots():
