@@ -125,7 +125,7 @@ def test_particle_gibbs_is_calibrated():
     the simulation's). The rank of the true Z(t) among the 9 draws (ties broken at random) must be
     uniform on 0..9.
 
-    Statistics: for each of 9 (bin, population) pairs (bins 0, 10, 19), a chi-square test over the 150
+    Statistics: for each of 9 (bin, population) pairs (bins 0, 10, 19), a chi-square test over the 120
     windows (independent); and the ranks pooled over all 20 bins x 3 populations, by a chi-square on
     the window-level counts (a permutation-free check of their mean: the rank's mean must be 4.5 within
     4 standard errors, the SE from the windows' means, which are independent). Level: each chi-square at
