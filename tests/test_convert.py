@@ -7,6 +7,7 @@
 - an imported recording (no truth) is fitted end to end; its plots, report and free simulation are
   written without truth
 """
+import csv
 import os
 import runpy
 import sys
@@ -299,6 +300,15 @@ def test_a_recording_without_truth_is_fitted_reported_and_simulated(imported, tm
     assert numbers["parameters"]["train0"]["parameters"][0]["true"] is None
     assert set(numbers["not_measured_without_ground_truth"]) == set(report.NEEDS_TRUTH)
     assert not any(name.startswith("report_") for name in os.listdir(os.path.dirname(folder)))
+
+    # the sweep's summary: the fit's row without the measures that need the truth, and no oracle
+    from src import sweep
+    assert sweep.main(["summarize", save, "--oracle"]) == 0
+    with open(os.path.join(save, "cells.csv")) as cells:
+        (row,) = csv.DictReader(cells)
+    assert row["run"] == "train0" and row["final_loss"] != ""
+    assert all(row[k] == "" for k in row if k.startswith(("err_", "drive_", "r_", "rmse_"))), row
+    assert not os.path.exists(os.path.join(save, "data0.3", "oracle.json"))
 
     # the free simulation needs only the summary
     assert simulate_with_trainedparams.main(["--result_dir", os.path.dirname(folder), "--duration", "1"]) == 0
