@@ -81,9 +81,7 @@ def main():
     A_mean = window.Z_true.mean(axis=(0, 2)) / window.dt           # Hz, the window's true mean activity
 
     def drive(theta):
-        """h0 - ft at A_mean (src.report.measure_parameters' drive): what the spikes pin of J_3 and rp."""
-        net = rec.network.with_theta(theta)
-        return net.free_potential(A_mean) - net.ft
+        return rec.network.with_theta(theta).distance_to_threshold(A_mean)
 
     print("\n| fit | J errors (%) | drive h0 - ft, fitted - true (E1, E2, I) "
           "| r of the activity (E1, E2, I) |\n|---|---|---|---|")

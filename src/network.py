@@ -83,6 +83,11 @@ class Network:
         stationary start. The escape rate there is exp(h0 - ft)."""
         return self.rp + (np.asarray(A, dtype=float) @ self.W) / self.amem
 
+    def distance_to_threshold(self, A):
+        """h0 - ft at constant activities A (Hz): the "drive" the reports compare, which a few
+        neurons' spikes pin where they do not pin J and rp apart (README, "Where the SMC fits stop")."""
+        return self.free_potential(A) - self.ft
+
     @property
     def theta(self):
         """The fitted parameters as one flat vector (amem, J, rp, ft)."""

@@ -210,7 +210,7 @@ def measure_parameters(runs, A_mean=None):
 
     With A_mean (Hz, (M,): the true mean activity of the window) and ground truth, each run also gets
     drive: [{name, true, fitted, difference = fitted - true}] of h0_a - ft_a, the free potential at
-    A_mean (Network.free_potential) minus the threshold. The spikes of a few neurons pin this
+    A_mean minus the threshold (Network.distance_to_threshold). The spikes of a few neurons pin this
     combination where they do not pin J_3 and rp apart (README, "Where the SMC fits stop")."""
     from .plots import population_names
 
@@ -220,7 +220,7 @@ def measure_parameters(runs, A_mean=None):
                 for n, t, i, f in zip(s.theta_names, truth, s.theta_init, s.theta_final)]
 
     def drive(s):
-        true, fitted = (net.free_potential(A_mean) - net.ft for net in (s.true_network(), s.fitted_network()))
+        true, fitted = (net.distance_to_threshold(A_mean) for net in (s.true_network(), s.fitted_network()))
         return [{"name": n, "true": float(t), "fitted": float(f), "difference": float(f - t)}
                 for n, t, f in zip(population_names(len(true)), true, fitted)]
 
