@@ -5,6 +5,7 @@
 #   bash 3pop_neuLVM.sh                 # all five, as many at once as there are cores
 #   bash 3pop_neuLVM.sh -j 1            # one at a time
 #   bash 3pop_neuLVM.sh -- --resume     # options after -- go to every train_meso.py run
+#   bash 3pop_neuLVM.sh -- --estep map --train_folderbase map   # the paper's MAP E-step, beside them
 set -u
 cd "$(dirname "$0")"
 jobs=$(nproc 2>/dev/null || echo 1)
@@ -32,17 +33,18 @@ mkdir -p "$folder"
 threads=1   # one intra-op thread per run is fastest here (src/LIFmesoCell.py)
 
 # While the runs work: the EM step each has reached, from the lines train_meso.py writes as it goes
-# ("M-step e: ...", "E-step e: ...", "done in ..."), on one updating line in a terminal, otherwise as a
-# line whenever it changes (at most every $every s).
+# ("M-step e: ...", "E-step e: ...", "done in ..."; an SMC run first writes "E-step at theta_init: ..."),
+# on one updating line in a terminal, otherwise as a line whenever it changes (at most every $every s).
 every=30
 status_line() {
   local line="" i text
   for i in "${names[@]}"; do
-    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|done in|resuming)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
+    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|E-step at theta_init|done in|resuming)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
     case "$text" in
       *" done in "*) text="done" ;;
       *" M-step "*) text="EM step $(echo "$text" | sed -E 's/.* M-step ([0-9]+):.*/\1/') (E-step)" ;;
       *" E-step "*) text="EM step $(( $(echo "$text" | sed -E 's/.* E-step ([0-9]+):.*/\1/') + 1 )) (M-step)" ;;
+      *" E-step at theta_init"*) text="EM step 0 (start)" ;;
       *" resuming "*) text="EM step $(echo "$text" | sed -E 's/.* at EM step ([0-9]+).*/\1/') (resumed)" ;;
       *) text="starting" ;;
     esac

@@ -7,8 +7,9 @@
     python simulate_with_trainedparams.py --result_dir /tmp/res/data3
 
 It holds what the original project's script of that name did. The best run is the one with the
-lowest final loss (src/runs.py); --run picks one (a run name in --result_dir, or the path of a run
-folder). The model is rebuilt from the run's summary.json alone (src.results.RunSummary): the fixed
+lowest final loss among the folder's SMC runs, or among its MAP runs if it has no SMC run
+(src/runs.py; the two losses do not compare); --run picks one (a run name in --result_dir, or the
+path of a run folder). The model is rebuilt from the run's summary.json alone (src.results.RunSummary): the fixed
 parameters (N, asyn, conmat, ref_t, eps, initial rates), the fitted theta, and the scheme, dt and
 a_cutoff of the fit (a run of the earlier format, without a scheme, is forward Euler: said once).
 The recording it was fitted to is not needed. Writes into the run folder:

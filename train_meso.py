@@ -2,7 +2,8 @@
 It holds the original project's `train` (the function of that name below); the original's
 scipy_Mstep and tf_EGDstep are src.em.m_step and src.em.e_step.
 
-    python train_meso.py --train_Noinit 0                  # one run on the shipped dataset
+    python train_meso.py --train_Noinit 0                  # one run on the shipped dataset (SMC E-step)
+    python train_meso.py --train_Noinit 0 --estep map      # the paper's E-step (a point estimate)
     python train_meso.py --train_Noinit 0 --resume         # continue a killed run
     python train_meso.py --trial_length 2 --t_perbatch 2 --end_timepoint 3 --max_EMsteps 2   # a quick look
     bash 3pop_neuLVM.sh                                     # the five runs of the paper's Fig. 4
@@ -36,6 +37,10 @@ from src.cli import UsageError, check, option, parse  # noqa: E402  (importing s
 from src.fast_np import SCHEMES  # noqa: E402
 
 BOUNDED_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr", "Powell", "Nelder-Mead")
+# --max_EMsteps and --Mmaxiters of 0 mean these. The MAP ones are the original project's. The SMC ones
+# are those of every SMC fit measured in README (five fits in about 12 minutes here): longer runs
+# climb log p_hat(y | theta) slowly and stay in the same region (README, "Where the SMC fits stop").
+ESTEP_DEFAULTS = {"map": {"max_EMsteps": 20, "Mmaxiters": 200}, "smc": {"max_EMsteps": 10, "Mmaxiters": 50}}
 
 
 @dataclass
@@ -74,15 +79,16 @@ class Options:
     E_LR: float = option(1e-3, "Adam learning rate of the E-step")
     E_itertol: int = option(3, "E-step patience (steps without a new best loss)")
     Emaxiters: int = option(200, "maximum Adam steps per E-step")
-    Mmaxiters: int = option(200, "maximum M-step iterations")
-    max_EMsteps: int = option(20, "maximum EM iterations")
+    Mmaxiters: int = option(0, "maximum M-step iterations (0: the E-step's default, 200 for map, 50 for smc)")
+    max_EMsteps: int = option(0, "maximum EM iterations (0: the E-step's default, 20 for map, 10 for smc)")
     method: str = option("L-BFGS-B", "scipy.optimize.minimize method of the M-step (bounded)")
     mstep_grad: str = option("exact", "exact: TensorFlow autodiff gradient; numeric: finite differences of the "
                                       "numpy reference, as the original")
-    estep: str = option("map", "E-step: map (the paper's point estimate of the latent, by Adam) or smc (draws "
-                               "from its posterior by particle Gibbs; Monte Carlo EM by stochastic approximation)")
+    estep: str = option("smc", "E-step: smc (draws of the latent from its posterior by particle Gibbs; Monte Carlo "
+                               "EM by stochastic approximation) or map (the paper's point estimate, by Adam); "
+                               "--resume takes the run's own")
     particles: int = option(500, "--estep smc: particles of the particle filter")
-    draws: int = option(2, "--estep smc: posterior draws (particle Gibbs sweeps) per EM step")
+    draws: int = option(1, "--estep smc: posterior draws (particle Gibbs sweeps) per EM step")
     SAVE_DIR: str = option("result/3pop example/", "result folder")
     plot_act_smoothw: float = option(4.0, "s.d. of the smoothing of the activity plots (ms)")
     LOG_PER: int = option(100, "an activity plot every LOG_PER E-step iterations")
@@ -118,8 +124,8 @@ def parse_options(argv=None):
         (opt.E_LR > 0, f"--E_LR must be > 0, got {opt.E_LR}"),
         (opt.E_itertol >= 1, f"--E_itertol must be >= 1, got {opt.E_itertol}"),
         (opt.Emaxiters >= 1, f"--Emaxiters must be >= 1, got {opt.Emaxiters}"),
-        (opt.Mmaxiters >= 1, f"--Mmaxiters must be >= 1, got {opt.Mmaxiters}"),
-        (opt.max_EMsteps >= 1, f"--max_EMsteps must be >= 1, got {opt.max_EMsteps}"),
+        (opt.Mmaxiters >= 0, f"--Mmaxiters must be >= 1 (or 0 for the E-step's default), got {opt.Mmaxiters}"),
+        (opt.max_EMsteps >= 0, f"--max_EMsteps must be >= 1 (or 0 for the E-step's default), got {opt.max_EMsteps}"),
         (opt.method in BOUNDED_METHODS, f"--method must be one of {', '.join(BOUNDED_METHODS)}, got {opt.method!r}"),
         (opt.scheme in SCHEMES, f"--scheme must be one of {', '.join(SCHEMES)}, got {opt.scheme!r}"),
         (opt.mstep_grad in ("exact", "numeric"), f"--mstep_grad must be exact or numeric, got {opt.mstep_grad!r}"),
@@ -214,11 +220,13 @@ def main(argv=None):
     with folder_lock(folder):
         resumed = None
         if opt.resume:
-            scheme_given = any(a == "--scheme" or a.startswith("--scheme=") for a in argv)
+            given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
             resumed = resume_state(folder, asdict(opt), rec.seed, (4 * window.M,), (window.B, window.M, window.T),
-                                   scheme_given)
-            if resumed is not None:
-                opt.scheme = resumed[0].scheme     # the run continues with its own integrator
+                                   given)
+            if resumed is not None:             # the run continues with its own integrator and E-step
+                opt.scheme, opt.estep = resumed[0].scheme, resumed[0].options.get("estep", "map")
+        for name, value in ESTEP_DEFAULTS[opt.estep].items():
+            setattr(opt, name, getattr(opt, name) or value)
         removed = remove_temporaries(folder)      # left by a killed writer: never a complete file
         with training_log(folder) as log:
             log.info(f"start (PID {os.getpid()}): python train_meso.py {shlex.join(argv)}")
@@ -393,9 +401,10 @@ def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, pr
     check_stop()
     Z_stack, weights = memory.stacked()
     model = MesoModel(window.repeated(SAEM_MEMORY * opt.draws), theta, Z_stack, opt.scheme, batch_weights=weights)
+    draws_per_step = f"{opt.draws} draw{'s' if opt.draws > 1 else ''}"
     log.info(f"{folder}: {window.B} x {window.T} bins of {opt.dt * 1e3:g} ms ({window.K} age bins, scheme "
              f"{opt.scheme}), {window.Nobs} observed neurons per population, SMC E-step with {opt.particles} "
-             f"particles and {opt.draws} draws per EM step, theta_init {fmt(summary.theta_init)}")
+             f"particles and {draws_per_step} per EM step, theta_init {fmt(summary.theta_init)}")
 
     def on_m_step(e, theta, memory, info):
         save_arrays(path(f"minimizor_result_{e}"), x=theta, Z=memory.mean(), fun=info["loss"], loss_y=info["loss_y"],
@@ -412,7 +421,7 @@ def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, pr
                     loss_y=step["loss_y"], loss_Z=step["loss_Z"], saem_Z=np.stack(memory.Z),
                     saem_c=np.asarray(memory.c), reference=draws[-1], gamma=step["gamma"],
                     **model_config, **smc_config)
-        log.info(f"E-step {e}: log p_hat(y | theta) {info['log_p_hat']:.2f}, {opt.draws} draws, "
+        log.info(f"E-step {e}: log p_hat(y | theta) {info['log_p_hat']:.2f}, {draws_per_step}, "
                  f"{info['seconds']:.1f} s, step size {step['gamma']:.3g}")
         summary = complete_step(summary, step, path("summary.json"), progress)
         save_figure(path(f"E_{e}_0.png"), plot_activity, window, info["mean"], opt.plot_act_smoothw * 1e-3,

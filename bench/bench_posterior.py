@@ -1,7 +1,7 @@
 """The posterior E-step against MAP and the oracle (issue 13), on fits that exist already:
 
-    bash 3pop_neuLVM.sh                                              # MAP runs, train0..4
-    bash 3pop_neuLVM.sh -- --estep smc --train_folderbase smc        # SMC runs, smc0..4
+    bash 3pop_neuLVM.sh                                              # SMC runs (the default), train0..4
+    bash 3pop_neuLVM.sh -- --estep map --train_folderbase map        # MAP runs, map0..4
     python bench/bench_posterior.py                                  # this table
 
 For the best run of each E-step (MAP: lowest joint loss; SMC: highest log p_hat(y | theta)) and the
@@ -11,7 +11,7 @@ inferred activity (SMC: the posterior mean) against the truth, 20 ms smoothing; 
 the true activity by the 90% band of the posterior at the fit, from particle Gibbs draws smoothed
 20 ms (--sweeps draws); and the landscape: log p_hat(y | theta) at both end points and at the truth,
 each from --repeats independent filter passes (mean and Monte Carlo standard error). The band and the
-landscape are src.report's (section 1b of `python -m src.report --estep smc`), here with --particles
+landscape are src.report's (section 1b of the SMC report, `python -m src.report`), here with --particles
 for both.
 """
 import argparse

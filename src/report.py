@@ -32,7 +32,9 @@ What it measures (the best run is the one with the lowest final loss, src/runs.p
      that amplitude in the network, the fitted model and the true-parameter model.
   5. Versions, seeds (every one derived from --seed by name, evaluation_seeds), the command and the
      time each part took.
-With --estep smc (the runs fitted with the posterior E-step, report in result_dir/report_smc/) it also
+The runs reported are the folder's SMC runs if it has any (the default E-step of train_meso.py), its
+MAP runs otherwise; --estep chooses. For the SMC runs (fitted with the posterior E-step, report in
+result_dir/report_smc/) it also
 measures the posterior of the latent at the best run's theta (section 1b): the coverage of the true
 activity (smoothed LATENT_SMOOTH) by the 90% band of `sweeps` particle Gibbs draws, each smoothed alike;
 log p_hat(y | theta) at that fit, at the best MAP run of the folder (if any) and at the truth, each from
@@ -103,8 +105,9 @@ class ReportOptions:
     trials: int = option(20, "stimulation trials per evaluation")
     search_steps: int = option(6, "amplitude evaluations of the search")
     gpfa_iters: int = option(500, "GPFA EM iterations at most")
-    estep: str = option("map", "which runs: those fitted with --estep map (report in result_dir) or smc (report "
-                               "in result_dir/report_smc/); the best is the lowest final loss among them")
+    estep: str = option("", "which runs: those fitted with --estep smc (report in result_dir/report_smc/) or map "
+                            "(report in result_dir); the best is the lowest final loss among them (default: "
+                            "smc if the folder holds SMC runs, map otherwise)")
     gpfa_restarts: int = option(3, "GPFA fits from different initialisations (seeds 0, 1, ...); the best per "
                                    "population is reported")
     particles: int = option(500, "--estep smc: particles of the filter passes of section 1b")
@@ -124,7 +127,7 @@ def parse_options(argv):
             f"--segment must divide --duration ({opt.duration:g} s), got {opt.segment!r}"),
            (opt.trials >= 1, f"--trials must be >= 1, got {opt.trials!r}"),
            (opt.search_steps >= 1, f"--search_steps must be >= 1, got {opt.search_steps!r}"),
-           (opt.estep in ("map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
+           (opt.estep in ("", "map", "smc"), f"--estep must be map or smc, got {opt.estep!r}"),
            (opt.gpfa_iters >= 1, f"--gpfa_iters must be >= 1, got {opt.gpfa_iters!r}"),
            (opt.gpfa_restarts >= 1, f"--gpfa_restarts must be >= 1, got {opt.gpfa_restarts!r}"),
            (opt.particles >= 2, f"--particles must be >= 2, got {opt.particles!r}"),
@@ -751,7 +754,7 @@ def _posterior_section(posterior, ctx, names, numbers):
               f"{_fmt(row['switch_fraction'], 2)} |")
         w("")
     else:
-        w("No MAP report in this folder (`python -m src.report` writes it) to compare with.\n")
+        w("No MAP report in this folder (`python -m src.report --estep map` writes it) to compare with.\n")
     return md
 
 
@@ -925,7 +928,7 @@ def make_report(opt, argv):
     from .dataset import DatasetError, load_recording
     from .helper import run_window
     from .microsim import use_one_tf_thread
-    from .runs import SMC_REPORT_DIR, find_runs, ranked
+    from .runs import SMC_REPORT_DIR, default_estep, find_runs, ranked
     start = time.time()
     timings = {}
     log = lambda msg: print(f"[report {time.time() - start:6.1f} s] {msg}", flush=True)   # noqa: E731
@@ -936,10 +939,11 @@ def make_report(opt, argv):
     if not os.path.isabs(folder) and not os.path.isdir(folder) and os.path.isdir(os.path.join(repo, folder)):
         folder = os.path.join(repo, folder)      # the default, asked from outside the repository
     every_run = find_runs(folder)
+    opt = dataclasses.replace(opt, estep=opt.estep or default_estep(every_run))
     runs = ranked(every_run, opt.estep, folder)                              # the best first
     if not runs:
         raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
-                       + (" -- --estep smc --train_folderbase smc" if opt.estep == "smc" else ""))
+                       + (" -- --estep map --train_folderbase map" if opt.estep == "map" else ""))
     out = folder if opt.estep == "map" else os.path.join(folder, SMC_REPORT_DIR)    # where the report goes
     os.makedirs(out, exist_ok=True)
     best = next(iter(runs))

@@ -49,14 +49,15 @@ FIT_OPTIONS = ("trial_length", "with_input", "t_perbatch", "end_timepoint", "dt"
 FIT_OPTIONS_BEFORE = {"estep": "map", "init": "prior"}
 
 
-def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_given):
+def resume_state(folder, options, recording_seed, shape_theta, shape_Z, given=()):
     """What --resume continues from: (summary, last) with the run's RunSummary, its complete EM
     steps only, and the arrays of its last complete EM step (None if there is none); None if the
     folder holds no summary.json.
 
-    options: the options of this call (a dict); the run continues with its own scheme, unless it
-    was given (scheme_given) and differs. ResultFileError or UsageError, before anything is
-    written, if the files are not a run of this kind or the run used other options."""
+    options: the options of this call (a dict); given: the names of those on the command line. The
+    run continues with its own scheme and E-step, unless one was given and differs. ResultFileError
+    or UsageError, before anything is written, if the files are not a run of this kind or the run
+    used other options."""
     from .cli import UsageError
     from .results import load_arrays
 
@@ -64,9 +65,12 @@ def resume_state(folder, options, recording_seed, shape_theta, shape_Z, scheme_g
     if not os.path.exists(path):
         return None
     summary = RunSummary.load(path)
-    if scheme_given and options["scheme"] != summary.scheme:
-        raise UsageError(f"--resume: --scheme is {options['scheme']!r} but the run in {folder} was fitted with "
-                         f"{summary.scheme!r}; resume without --scheme, or start a new run without --resume")
+    options = dict(options)
+    for name, own in (("scheme", summary.scheme), ("estep", summary.options.get("estep", "map"))):
+        if name in given and options[name] != own:
+            raise UsageError(f"--resume: --{name} is {options[name]!r} but the run in {folder} was fitted with "
+                             f"{own!r}; resume without --{name}, or start a new run without --resume")
+        options[name] = own
     for name in FIT_OPTIONS:
         before, now = summary.options.get(name, FIT_OPTIONS_BEFORE.get(name)), options[name]
         if name in ("particles", "draws") and options["estep"] != "smc":
@@ -148,11 +152,20 @@ def ranked(runs, estep, folder):
     return dict(sorted(runs.items(), key=lambda item: item[1].final_loss))
 
 
-def best_run(folder, estep="map"):
-    """(name, summary) of the best run in folder fitted with --estep `estep` (ranked). src.cli.NoResult
-    if there is none, src.cli.UsageError if its runs do not compare."""
+def default_estep(runs):
+    """The E-step whose best run stands for a folder of runs {name: summary}: smc if any run was fitted
+    with it (the default of train_meso.py, and the only one whose fitted model switches like the
+    network), map otherwise."""
+    return "smc" if any(r.options.get("estep", "map") == "smc" for r in runs.values()) else "map"
+
+
+def best_run(folder, estep=None):
+    """(name, summary) of the best run in folder fitted with --estep `estep` (ranked; None: the folder's
+    default_estep). src.cli.NoResult if there is none, src.cli.UsageError if its runs do not compare."""
     from .cli import NoResult
-    runs = ranked(find_runs(folder), estep, folder)
+    every_run = find_runs(folder)
+    estep = estep or default_estep(every_run)
+    runs = ranked(every_run, estep, folder)
     if not runs:
         raise NoResult(f"no run fitted with --estep {estep} in {folder!r} (a run of train_meso.py writes one): "
                        "run bash 3pop_neuLVM.sh first")

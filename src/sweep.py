@@ -90,7 +90,7 @@ class Options:
     Nsampled: list = option([3], "observed neurons per population", items=int)
     train_Noinit: list = option([0], "restarts: seeds of the initial parameters", items=int)
     scheme: list = option(["exact"], "integrators (train_meso.py --scheme)", items=str)
-    estep: list = option(["map"], "E-steps (train_meso.py --estep)", items=str)
+    estep: list = option(["smc"], "E-steps (train_meso.py --estep, whose default is smc)", items=str)
     out: str = option("result/sweeps/sweep", "folder of the sweep's fits")
     # where the fits run
     workers: int = option(0, "LocalCluster: worker processes of one thread (0: one per core)")
@@ -257,7 +257,7 @@ def make_fits(opt, fit_argv):
             complete = False
             if os.path.exists(os.path.join(folder, "summary.json")):
                 resumed = resume_state(folder, dataclasses.asdict(o), rec.seed, (4 * window.M,),
-                                       (window.B, window.M, window.T), True)
+                                       (window.B, window.M, window.T), {"scheme", "estep"})
                 complete = resumed is not None and bool(resumed[0].finished)
         except ValueError as err:                 # UsageError, DatasetError, ResultFileError
             raise UsageError(f"cell {fit.describe()}: {err}") from None

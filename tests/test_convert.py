@@ -35,7 +35,8 @@ PRIOR = ["--amem", "50,50,50", "--J", "10,10,20", "--rp", "14.4,14.4,14.4", "--f
 # 0.1 s of data after 0.1 s of history, an M-step on finite differences of the numpy reference (no
 # TensorFlow compilation of the theta gradient), one or two iterations: the smallest fit with every part
 TINY_FIT = ["--trial_length", "0.1", "--t_perbatch", "0.1", "--end_timepoint", "0.3", "--a_cutoff", "0.1",
-            "--Emaxiters", "2", "--Mmaxiters", "1", "--max_EMsteps", "1", "--LOG_PER", "2", "--mstep_grad", "numeric"]
+            "--Emaxiters", "2", "--Mmaxiters", "1", "--max_EMsteps", "1", "--LOG_PER", "2", "--mstep_grad", "numeric",
+            "--estep", "map"]
 
 
 def call(main, argv, capsys):

@@ -444,7 +444,7 @@ TINY = ["--quick", "--duration", "10", "--segment", "5", "--trials", "3", "--sea
 @pytest.mark.slow
 def test_report_runs_end_to_end_and_writes_every_section(trained):
     with pytest.warns(UserWarning, match="train1"):
-        status = report.main(["--result_dir", trained, *TINY])
+        status = report.main(["--result_dir", trained, "--estep", "map", *TINY])
     assert status == 0
     with open(os.path.join(trained, "report.md")) as f:
         text = f.read()
@@ -512,7 +512,7 @@ def test_smc_report_measures_the_posterior_and_sets_it_next_to_map(trained):
     and the MAP report's headline numbers next to its own."""
     if not os.path.exists(os.path.join(trained, "report.json")):          # the MAP report, to compare with
         with pytest.warns(UserWarning, match="train1"):
-            assert report.main(["--result_dir", trained, *TINY]) == 0
+            assert report.main(["--result_dir", trained, "--estep", "map", *TINY]) == 0
     posterior = ["--particles", "20", "--sweeps", "3", "--repeats", "2"]
     with pytest.warns(UserWarning, match="train1"):
         assert report.main(["--result_dir", trained, "--estep", "smc", *TINY, *posterior]) == 0

@@ -85,6 +85,26 @@ def test_best_run_is_the_lowest_loss_and_broken_runs_are_skipped_with_a_warning(
     assert "train3" in skipped and "train4" in skipped, skipped
 
 
+def test_smc_runs_stand_for_a_folder_that_holds_both_kinds(runs):
+    """With MAP and SMC runs in one folder, the best SMC run is the one simulated (the default E-step),
+    although its final loss (-log p_hat per bin) is above the MAP runs' (joint loss): the two kinds
+    are never ranked together, and src.runs names the best of each."""
+    from src.runs import best_run
+    theta = winner_take_all().theta
+    fake_run(runs, "smc0", -0.4, theta * 1.3, estep="smc")
+    fake_run(runs, "smc1", -0.5, theta * 1.2, estep="smc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                # the broken runs of the fixture
+        folder, summary = script.pick_run(script.parse_options(["--result_dir", runs]))
+        assert os.path.basename(folder) == "smc1" and summary.final_loss == -0.5
+        assert best_run(runs, "map")[0] == "train1"
+    listing = subprocess.run([sys.executable, "-m", "src.runs", runs], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert listing.returncode == 0, listing
+    assert f"best run (--estep map): {os.path.join(runs, 'train1')}" in listing.stdout, listing.stdout
+    assert f"best run (--estep smc): {os.path.join(runs, 'smc1')}" in listing.stdout, listing.stdout
+
+
 @pytest.mark.parametrize("option, value", [("Nsampled", 10), ("dt", 0.002), ("scheme", "euler")])
 def test_runs_of_other_settings_in_one_folder_are_not_ranked_together(tmp_path, option, value):
     """A run with more observed neurons (or finer bins, or the other integrator) has a loss of other
@@ -155,7 +175,7 @@ def test_a_real_run_whose_recording_was_moved_away_simulates_from_its_summary_al
     copy = str(tmp_path / "recording.npz")
     shutil.copy(shipped, copy)
     summary = train_meso.main(["--dataset", copy, "--trial_length", "2", "--t_perbatch", "2", "--end_timepoint", "3",
-                               "--max_EMsteps", "1", "--Emaxiters", "2", "--Mmaxiters", "2",
+                               "--max_EMsteps", "1", "--Emaxiters", "2", "--Mmaxiters", "2", "--estep", "map",
                                "--SAVE_DIR", str(tmp_path / "res") + "/"])
     os.rename(copy, str(tmp_path / "moved.npz"))
     folder = os.path.join(str(tmp_path / "res"), "data3")

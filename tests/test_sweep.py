@@ -32,7 +32,7 @@ from tests.test_train_meso import DATASET, ROOT, check_run_files  # noqa: E402
 # the smallest fit with two EM steps; --LOG_PER 1000: one activity plot per E-step
 TINY = ["--trial_length", "0.2", "--t_perbatch", "0.2", "--a_cutoff", "0.2", "--Emaxiters", "3", "--Mmaxiters", "3",
         "--max_EMsteps", "2", "--LOG_PER", "1000"]
-GRID = ["--dataset", DATASET, "--end_timepoint", "0.6", "0.8", "--train_Noinit", "0", "1"]
+GRID = ["--dataset", DATASET, "--end_timepoint", "0.6", "0.8", "--train_Noinit", "0", "1", "--estep", "map"]
 POLL = 0.2   # s between looks at the processes
 
 
@@ -184,7 +184,7 @@ def test_invalid_cell_fails_before_anything_starts(tmp_path, capsys):
     (["--", "--Nsampled", "5"], "--Nsampled after -- is set by the sweep for each fit; give it as a grid axis"),
     (["--", "--SAVE_DIR", "x/"], "--SAVE_DIR after -- is set by the sweep for each fit; leave it out"),
     (["--train_Noinit", "0", "0"], "--train_Noinit lists a value twice"),
-    (["--", "--max_EMsteps", "0"], "max_EMsteps must be >= 1, got 0"),
+    (["--", "--max_EMsteps", "-1"], "max_EMsteps must be >= 1 (or 0 for the E-step's default), got -1"),
     (["--scheme", "rk4"], "scheme=rk4"),
     (["--dataset", "/nonexistent/rec.npz"], "/nonexistent/rec.npz: no such file"),
     (["--cluster", "sge"], "--cluster must be one of slurm, pbs, got 'sge'"),
@@ -206,7 +206,7 @@ def test_grid_file_and_command_line(tmp_path):
     assert fit_argv == ["--trial_length", "0.2", "--t_perbatch", "0.2", "--a_cutoff", "0.2"]
     fits = sweep.make_fits(opt, fit_argv)
     assert len(fits) == 6 and not any(complete for _, complete in fits)
-    assert fits[0][0].folder == os.path.join(str(tmp_path), "g", "3pop_noinput_small", "N2_exact_map", "data0.6",
+    assert fits[0][0].folder == os.path.join(str(tmp_path), "g", "3pop_noinput_small", "N2_exact_smc", "data0.6",
                                              "train0")
     grid.write_text("end_timepoint = [0.6]\nworkerz = 3\n")
     with pytest.raises(sweep.UsageError, match=f"--grid {grid}: unknown key 'workerz'"):
@@ -248,7 +248,7 @@ def test_summarize_oracle_is_the_m_step_on_the_true_activity_of_the_fits_window(
     from src.helper import make_window
     out = tmp_path / "sweep"
     train_meso.main(["--dataset", DATASET, "--end_timepoint", "0.6", "--Nsampled", "2", "--SAVE_DIR", f"{out}/",
-                     *TINY, "--max_EMsteps", "1"])
+                     *TINY, "--max_EMsteps", "1", "--estep", "map"])
     assert sweep.main(["summarize", str(out), "--oracle"]) == 0
     window = make_window(load_recording(DATASET), 0.004, 0.2, 0.2, 0.6, 0.2, 2)
     theta, _ = em.oracle_fit(window, "exact")

@@ -37,11 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset", "3pop_noinput_small.npz")
 # 1 s of data after 0.2 s of history: small enough that a fit takes seconds
 WINDOW = ["--trial_length", "1", "--t_perbatch", "1", "--end_timepoint", "2", "--a_cutoff", "0.2",
-          "--Emaxiters", "20", "--Mmaxiters", "30"]
+          "--Emaxiters", "20", "--Mmaxiters", "30", "--estep", "map"]
 SHORT = ["--dataset", DATASET, *WINDOW]
 # the smallest run that still has every part: 0.2 s of data after 0.2 s of history, few iterations
 TINY = ["--trial_length", "0.2", "--t_perbatch", "0.2", "--end_timepoint", "0.6", "--a_cutoff", "0.2",
-        "--Emaxiters", "6", "--Mmaxiters", "6", "--max_EMsteps", "3", "--LOG_PER", "3"]
+        "--Emaxiters", "6", "--Mmaxiters", "6", "--max_EMsteps", "3", "--LOG_PER", "3", "--estep", "map"]
 RECORDED_STEPS = 11_000  # 2.2 s of the shipped recording: enough for WINDOW, small enough to rewrite often
 
 
@@ -238,6 +238,24 @@ def as_killed_before_its_final_save(folder, legacy=False):
         json.dump(summary, f)
 
 
+def test_map_run_resumes_as_map_and_zero_takes_the_esteps_default(tmp_path):
+    """The default E-step is smc, but a MAP run continues as MAP on --resume without --estep, and
+    refuses another --estep. --Mmaxiters and --max_EMsteps of 0 (their default) become those of the
+    run's E-step (train_meso.ESTEP_DEFAULTS), and summary.json records the number used."""
+    assert (train_meso.Options().estep, train_meso.Options().draws) == ("smc", 1)
+    save = ["--dataset", DATASET, "--SAVE_DIR", str(tmp_path) + "/"]
+    without_estep = TINY[:TINY.index("--estep")] + TINY[TINY.index("--estep") + 2:]
+    train_meso.main(save + TINY + ["--max_EMsteps", "1"])
+    folder = run_folder(tmp_path, end="0.6")
+    as_killed_before_its_final_save(folder)
+    summary = train_meso.main(save + without_estep + ["--max_EMsteps", "2", "--Mmaxiters", "0", "--resume"])
+    assert summary.options["estep"] == "map" and len(summary.em_steps) == 2 and summary.finished
+    assert summary.options["Mmaxiters"] == train_meso.ESTEP_DEFAULTS["map"]["Mmaxiters"] == 200
+    assert "log_p_hat" not in load_arrays(os.path.join(folder, "E1_est_param"))       # a MAP E-step
+    with pytest.raises(train_meso.UsageError, match="--estep is 'smc' but the run .* was fitted with 'map'"):
+        train_meso.main(save + without_estep + ["--max_EMsteps", "3", "--estep", "smc", "--resume"])
+
+
 def test_euler_run_resumes_and_simulates_as_euler(tmp_path, capsys):
     """A run fitted with --scheme euler continues as euler on --resume without --scheme, refuses another
     --scheme, and is simulated as euler; a summary without a scheme is read as euler, said once."""
@@ -407,7 +425,7 @@ BAD_INPUTS = [
     ("dt NaN", shipped_copy, ["--dt", "nan"], ["--dt must be a finite number"]),
     ("E_LR < 0", shipped_copy, ["--E_LR", "-0.001"], ["--E_LR must be > 0"]),
     ("Emaxiters 0", shipped_copy, ["--Emaxiters", "0"], ["--Emaxiters must be >= 1"]),
-    ("max_EMsteps 0", shipped_copy, ["--max_EMsteps", "0"], ["--max_EMsteps must be >= 1"]),
+    ("max_EMsteps < 0", shipped_copy, ["--max_EMsteps", "-1"], ["--max_EMsteps must be >= 1", "got -1"]),
     ("N count vs M", shipped_copy, ["--N", "400,400"], ["--N must have 3 values", "--M 3"]),
     ("prior not numbers", shipped_copy, ["--amem", "50,abc,50"], ["--amem", "comma-separated numbers"]),
     ("unknown method", shipped_copy, ["--method", "BFGS"], ["--method must be one of", "'BFGS'"]),
@@ -696,6 +714,7 @@ def test_the_five_run_script_writes_its_logs_where_the_runs_go(tmp_path):
     assert sorted(os.listdir(folder)) == ["alt0", "alt0.out"]
     assert "done in" in open(os.path.join(folder, "alt0.out")).read()
     assert f"best run: {os.path.join(folder, 'alt0')}" in out.stdout
+    assert re.search(r"^\d\d:\d\d:\d\d run 0: done$", out.stdout, re.M), out.stdout     # the last status line
 
 
 @pytest.mark.parametrize("init", ["prior", "centre"])
