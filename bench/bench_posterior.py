@@ -78,10 +78,9 @@ def main():
                                      args.sweeps, posterior_seeds(args.seed, args.repeats))
     posterior = measure_posterior(draws, window.Z_true, window.dt, log_p)
     print(f"band and landscape: {time.time() - start:.0f} s")
-    A_mean = window.Z_true.mean(axis=(0, 2)) / window.dt           # Hz, the window's true mean activity
 
     def drive(theta):
-        return rec.network.with_theta(theta).distance_to_threshold(A_mean)
+        return rec.network.with_theta(theta).distance_to_threshold(window.A_true_mean)
 
     print("\n| fit | J errors (%) | drive h0 - ft, fitted - true (E1, E2, I) "
           "| r of the activity (E1, E2, I) |\n|---|---|---|---|")

@@ -997,7 +997,7 @@ def make_report(opt, argv):
                             opt.gpfa_restarts, log)
     save_figure(os.path.join(out, FIGURES["latent"]), plots.plot_latent, latent["truth"],
                 latent["estimates"], dt, names, o["end_timepoint"] - o["trial_length"], LATENT_SMOOTH)
-    parameters = measure_parameters(runs, window.Z_true.mean(axis=(0, 2)) / dt)
+    parameters = measure_parameters(runs, window.A_true_mean)
     timings["latent inference"] = time.time() - t0
     log("latent inference done")
     posterior, posterior_seed_list = None, {}

@@ -638,9 +638,9 @@ def window_truth(summary, truths):
     key = tuple(v for k, v in setting.items() if k not in ("Nsampled", "scheme"))
     if key not in truths:
         try:
-            Z_true = getattr(run_window(load_recording(setting["dataset"]), summary), "Z_true", None)
-            truths[key] = None if Z_true is None else (smooth(_flat(Z_true), LATENT_SMOOTH, dt) / dt,
-                                                       Z_true.mean(axis=(0, 2)) / dt)
+            window = run_window(load_recording(setting["dataset"]), summary)
+            truths[key] = None if window.Z_true is None else (smooth(_flat(window.Z_true), LATENT_SMOOTH, dt) / dt,
+                                                              window.A_true_mean)
         except ValueError as err:
             print(f"note: the fits of {setting['dataset']} are not compared with the truth: {err}",
                   file=sys.stderr)

@@ -83,6 +83,12 @@ class Window:
         return self.y[:, :, :, :self.K].mean(axis=(2, 3)) / self.dt
 
     @property
+    def A_true_mean(self):
+        """True mean activity (Hz) of each population over the window's bins, shape (M,); None without
+        ground truth. Network.distance_to_threshold is measured there."""
+        return None if self.Z_true is None else self.Z_true.mean(axis=(0, 2)) / self.dt
+
+    @property
     def obs_age(self):
         """Age index k of every observed neuron in every window bin, shape (B, M, Nobs, T), int.
 
