@@ -274,6 +274,11 @@ class MesoModel:
         if batch_weights is not None:
             self.set_batch_weights(batch_weights)
 
+    @property
+    def batch_weights(self):
+        """The batch weights (B,) of a model built with batch_weights, else None."""
+        return None if self._batch_weights is None else self._batch_weights.numpy()
+
     def set_batch_weights(self, weights):
         """New batch weights (B,) >= 0 summing to 1, for a model built with batch_weights."""
         weights = np.asarray(weights, float)

@@ -70,7 +70,8 @@ def m_step(model, theta0, Z, bounds, maxiter=200, method="L-BFGS-B", grad="exact
         jac = True
     elif grad == "numeric":
         net, window = model.window.net, model.window
-        fun = lambda theta: fast_np.objective(theta, net, window, Z, model.scheme)  # noqa: E731
+        weights = model.batch_weights          # the SMC E-step's weighted mean over draws, as the model's loss
+        fun = lambda theta: fast_np.objective(theta, net, window, Z, model.scheme, weights)  # noqa: E731
         jac = None
     else:
         raise ValueError(f"grad must be 'exact' or 'numeric', got {grad!r}")

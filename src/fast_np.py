@@ -168,11 +168,13 @@ def gaussian_nll(Z, Zbar, N, dt):
     return 0.5 * (LOG_2PI + np.log(var) + (Z - Zbar) ** 2 / var)
 
 
-def losses(net, window: Window, Z, scheme):
+def losses(net, window: Window, Z, scheme, batch_weights=None):
     """(loss_y, loss_Z) of model.md section 3 for the network net (its theta is used), latent Z and
     integrator `scheme` (leak_step).
 
-    Z: (B, M, T) fractions. Both losses are sums divided by the number of population-bins B*M*T.
+    Z: (B, M, T) fractions. Both losses are sums divided by the number of population-bins B*M*T; with
+    batch_weights (B,) summing to 1, sum_b w_b (sum of batch b) / (M*T) instead: the mean over latent
+    draws stacked as batches, weighted as the SMC E-step's M-step weighs them (src.em.DrawMemory).
     """
     w = window
     Z = np.asarray(Z, dtype=float)
@@ -192,13 +194,16 @@ def losses(net, window: Window, Z, scheme):
         lam_obs, _, logP_obs = step.observed(h)
         logp_y[..., t] = log_p_observed(y[..., t], logP_obs, lam_obs, w.dt)
         step.advance(lam, y[..., t])
+    if batch_weights is not None:
+        weights = np.asarray(batch_weights, dtype=float)
+        return -weights @ logp_y.sum((1, 2, 3)) / (w.M * w.T), weights @ nll_Z.sum((1, 2)) / (w.M * w.T)
     n = w.B * w.M * w.T
     return -logp_y.sum() / n, nll_Z.sum() / n
 
 
-def objective(theta, net, window, Z, scheme):
+def objective(theta, net, window, Z, scheme, batch_weights=None):
     """loss_y + loss_Z as a function of the flat parameter vector theta = (amem, J, rp, ft), for scipy."""
-    loss_y, loss_Z = losses(net.with_theta(theta), window, Z, scheme)
+    loss_y, loss_Z = losses(net.with_theta(theta), window, Z, scheme, batch_weights)
     return loss_y + loss_Z
 
 

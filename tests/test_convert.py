@@ -25,7 +25,7 @@ from src import convert, neulvm, plots, report  # noqa: E402
 from src.cli import run  # noqa: E402
 from src.dataset import load_recording  # noqa: E402
 from src.helper import bin_recording, make_window  # noqa: E402
-from src.results import RunSummary, load_json  # noqa: E402
+from src.results import RunSummary, load_arrays, load_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "dataset", "3pop_noinput_small.npz")
@@ -315,3 +315,22 @@ def test_a_recording_without_truth_is_fitted_reported_and_simulated(imported, tm
     assert simulate_with_trainedparams.main(["--result_dir", os.path.dirname(folder), "--duration", "1"]) == 0
     assert "n/a" in capsys.readouterr().out
     assert os.path.getsize(os.path.join(folder, "simulation_none_seed1.png")) > 0
+
+
+def test_a_recording_without_truth_is_fitted_with_the_default_smc_e_step(imported, tmp_path, capsys):
+    """The default E-step on data without ground truth: the fit, its report (into report_smc/, the
+    sections that need the truth said so) and its free simulation, with no truth anywhere."""
+    save = str(tmp_path) + "/"
+    smc = [a for a in TINY_FIT if a not in ("--estep", "map")] + ["--particles", "20", "--SAVE_DIR", save]
+    summary = train_meso.main(["--dataset", imported, *smc, *PRIOR])
+    folder = os.path.join(save, "data0.3", "train0")
+    assert summary.finished and summary.options["estep"] == "smc" and summary.theta_true is None
+    est = load_arrays(os.path.join(folder, "E0_est_param"))
+    assert np.isfinite(est["log_p_hat"]) and np.all(est["Z_q05"] <= est["Z_q95"])
+    assert report.main(["--result_dir", os.path.dirname(folder), "--quick"]) == 0
+    text = open(os.path.join(os.path.dirname(folder), "report_smc", "report.md")).read()
+    for section in report.NEEDS_TRUTH:
+        assert f"## {section}\n\nNot measured: it needs" in text, section
+    assert "| amem_1 | n/a |" in text
+    assert simulate_with_trainedparams.main(["--result_dir", os.path.dirname(folder), "--duration", "1"]) == 0
+    assert "run " + folder in capsys.readouterr().out
