@@ -943,7 +943,7 @@ def make_report(opt, argv):
     runs = ranked(every_run, opt.estep, folder)                              # the best first
     if not runs:
         raise NoResult(f"no run fitted with --estep {opt.estep} in {folder!r}: run bash 3pop_neuLVM.sh first"
-                       + (" -- --estep map --train_folderbase map" if opt.estep == "map" else ""))
+                       + (" -- --estep map --train_folderbase map" if opt.estep == "map" and every_run else ""))
     out = folder if opt.estep == "map" else os.path.join(folder, SMC_REPORT_DIR)    # where the report goes
     os.makedirs(out, exist_ok=True)
     best = next(iter(runs))

@@ -153,10 +153,10 @@ def ranked(runs, estep, folder):
 
 
 def default_estep(runs):
-    """The E-step whose best run stands for a folder of runs {name: summary}: smc if any run was fitted
-    with it (the default of train_meso.py, and the only one whose fitted model switches like the
-    network), map otherwise."""
-    return "smc" if any(r.options.get("estep", "map") == "smc" for r in runs.values()) else "map"
+    """The E-step whose best run stands for a folder of runs {name: summary}: map if there are runs and
+    all were fitted with it, smc otherwise (the default of train_meso.py, and the only E-step whose
+    fitted model switches like the network)."""
+    return "map" if runs and all(r.options.get("estep", "map") == "map" for r in runs.values()) else "smc"
 
 
 def best_run(folder, estep=None):
