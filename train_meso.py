@@ -224,7 +224,7 @@ def main(argv=None):
             resumed = resume_state(folder, asdict(opt), rec.seed, (4 * window.M,), (window.B, window.M, window.T),
                                    given)
             if resumed is not None:             # the run continues with its own integrator and E-step
-                opt.scheme, opt.estep = resumed[0].scheme, resumed[0].options.get("estep", "map")
+                opt.scheme, opt.estep = resumed[0].scheme, resumed[0].estep
         for name, value in ESTEP_DEFAULTS[opt.estep].items():
             setattr(opt, name, getattr(opt, name) or value)
         removed = remove_temporaries(folder)      # left by a killed writer: never a complete file

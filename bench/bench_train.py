@@ -69,7 +69,7 @@ def main():
     runs = find_runs(RESULT)
     name, summary = best_run(RESULT)
     if not args.skip_train:
-        target = WALL_TARGET[summary.options.get("estep", "map")]
+        target = WALL_TARGET[summary.estep]
         print(f"bash 3pop_neuLVM.sh: exit {code}, {wall:.0f} s wall for five runs "
               f"(target <= {target} s; ratio {wall / target:.2f}), peak memory of the largest run {peak:.2f} GB "
               f"(target <= 2 GB)")

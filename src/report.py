@@ -1004,7 +1004,7 @@ def make_report(opt, argv):
     if opt.estep == "smc":                        # 1b. the posterior of the latent at the fit
         t0 = time.time()
         points = {f"SMC fit ({best})": np.asarray(s.theta_final)}
-        map_runs = {n: r for n, r in every_run.items() if r.options.get("estep", "map") == "map"
+        map_runs = {n: r for n, r in every_run.items() if r.estep == "map"
                     and r.scheme == scheme and r.dt == dt}
         if map_runs:
             map_best = min(map_runs, key=lambda n: map_runs[n].final_loss)

@@ -305,6 +305,11 @@ class RunSummary:
         return scheme
 
     @property
+    def estep(self):
+        """The E-step of the fit, map or smc; a run written before the option existed was map."""
+        return self.options.get("estep", "map")
+
+    @property
     def dt(self):
         return float(self.options["dt"])
 

@@ -66,7 +66,7 @@ def resume_state(folder, options, recording_seed, shape_theta, shape_Z, given=()
         return None
     summary = RunSummary.load(path)
     options = dict(options)
-    for name, own in (("scheme", summary.scheme), ("estep", summary.options.get("estep", "map"))):
+    for name, own in (("scheme", summary.scheme), ("estep", summary.estep)):
         if name in given and options[name] != own:
             raise UsageError(f"--resume: --{name} is {options[name]!r} but the run in {folder} was fitted with "
                              f"{own!r}; resume without --{name}, or start a new run without --resume")
@@ -140,7 +140,7 @@ def ranked(runs, estep, folder):
         path = r.dataset.get("path", r.options.get("dataset"))
         return values | {"the recording": (os.path.basename(str(path)), r.dataset.get("seed")), "--scheme": r.scheme}
 
-    runs = {n: r for n, r in runs.items() if r.options.get("estep", "map") == estep}
+    runs = {n: r for n, r in runs.items() if r.estep == estep}
     names = list(runs)
     first = setting(runs[names[0]]) if names else {}
     for name in names[1:]:
@@ -156,7 +156,7 @@ def default_estep(runs):
     """The E-step whose best run stands for a folder of runs {name: summary}: map if there are runs and
     all were fitted with it, smc otherwise (the default of train_meso.py, and the only E-step whose
     fitted model switches like the network)."""
-    return "map" if runs and all(r.options.get("estep", "map") == "map" for r in runs.values()) else "smc"
+    return "map" if runs and all(r.estep == "map" for r in runs.values()) else "smc"
 
 
 def best_run(folder, estep=None):
@@ -194,7 +194,7 @@ def main(argv):
         print("usage: python -m src.runs RESULT_FOLDER", file=sys.stderr)
         return 2
     runs = find_runs(argv[0])
-    esteps = sorted({r.options.get("estep", "map") for r in runs.values()})
+    esteps = sorted({r.estep for r in runs.values()})
     if not esteps:
         print(f"error: no trained run in {argv[0]!r}: run `bash 3pop_neuLVM.sh` (or train_meso.py) first",
               file=sys.stderr)

@@ -605,7 +605,7 @@ def fit_rows(folder, truths=None):
             row = {"cell": os.path.relpath(cell, folder), "run": name,
                    "dataset": os.path.basename(s.dataset.get("path", o["dataset"])),
                    "end_timepoint": o["end_timepoint"], "Nsampled": o["Nsampled"], "train_Noinit": s.seed,
-                   "scheme": s.scheme, "estep": o.get("estep", "map"), "finished": bool(s.finished),
+                   "scheme": s.scheme, "estep": s.estep, "finished": bool(s.finished),
                    "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds,
                    **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
             rows.append(row)
