@@ -362,14 +362,23 @@ def complete_step(summary, step, summary_path, progress):
     return new
 
 
+def peak_memory_mb():
+    """The largest resident memory of this process so far (MB): what a cluster job must be given."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1e6 if sys.platform == "darwin" else 1e3)          # bytes on macOS, kB on Linux
+
+
 def finish(summary, rec, folder, start, progress, log, opt):
     """The final save, and the table of parameters in the log."""
     progress["at"] = "the final save"
     if not summary.em_steps:
         raise UsageError(f"--max_EMsteps {opt.max_EMsteps} leaves no EM step to run in {folder}")
     summary.finished, summary.seconds = True, (summary.seconds or 0) + time.time() - start
+    summary.peak_memory_mb = max(summary.peak_memory_mb or 0, peak_memory_mb())
     summary.save(os.path.join(folder, "summary.json"))
-    log.info("done in %.1f s; final loss %.6f\n%s", time.time() - start, summary.final_loss, "\n".join(
+    log.info("done in %.1f s, peak memory %.0f MB; final loss %.6f\n%s", time.time() - start,
+             summary.peak_memory_mb, summary.final_loss, "\n".join(
         f"  {n:7s} true {t:8.4f}  init {i:8.4f}  fit {f:8.4f}  rel.err {(f - t) / t:+.3f}" if rec.has_truth else
         f"  {n:7s} init {i:8.4f}  fit {f:8.4f}  (no ground truth)"
         for n, t, i, f in zip(summary.theta_names, rec.network.theta, summary.theta_init, summary.theta_final)))

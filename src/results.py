@@ -247,6 +247,8 @@ class RunSummary:
     final_loss: float = None
     last_em_step: int = None
     seconds: float = None         # training time, written when the run finishes
+    peak_memory_mb: float = None  # the training process's largest resident memory (MB; the largest of
+    #                               a resumed run's processes), written when the run finishes
     format: int = SUMMARY_FORMAT
     path: str = dataclasses.field(default=None, compare=False)   # the file it was read from (not written)
 

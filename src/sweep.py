@@ -607,7 +607,7 @@ def fit_rows(folder, truths=None):
                    "end_timepoint": o["end_timepoint"], "Nsampled": o["Nsampled"], "train_Noinit": s.seed,
                    "scheme": s.scheme, "estep": s.estep, "finished": bool(s.finished),
                    "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds,
-                   **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
+                   "peak_memory_mb": s.peak_memory_mb, **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
             rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], r["Nsampled"], r["scheme"], r["estep"], r["end_timepoint"], r["train_Noinit"]))
     return rows, theta_names
@@ -786,6 +786,8 @@ def markdown_summary(folder, rows, cells, theta_names):
             return f"{value:.4f}"
         if key == "seconds":
             return duration_text(value)
+        if key == "peak_memory_mb":
+            return f"{value:.0f}"
         if key.startswith("spread_"):
             return "{:.2f} [{:.2f}, {:.2f}] ({:.2f}-{:.2f})".format(*value)
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -806,14 +808,15 @@ def markdown_summary(folder, rows, cells, theta_names):
     r_columns = [k for k in rows[0] if k.startswith(("r_", "rmse_"))]
     err_columns = [f"err_{n}" for n in theta_names]
     drive_columns = [k for k in rows[0] if k.startswith("drive_")]
-    common = ["final_loss", "em_steps", "finished", "seconds", *r_columns, *err_columns, *drive_columns]
+    common = ["final_loss", "em_steps", "finished", "seconds", "peak_memory_mb", *r_columns, *err_columns, *drive_columns]
     return "\n".join([
         f"# Sweep {folder}", "",
         f"{len(rows)} fits in {len(_groups(rows))} grid cells. Parameter errors: (fitted - true) / true; r: Pearson "
         "correlation and rmse: RMSE (Hz) of the inferred latent against the true activity of the window; "
         "drive: h0 - ft fitted minus true, the distance to threshold of the free potential at the window's "
         "mean activity (potential units; src.report.measure_parameters), which the spikes pin where they do "
-        "not pin J_3 and rp apart; seconds: wall time of the fit."
+        "not pin J_3 and rp apart; seconds: wall time of the fit; peak_memory_mb: its largest resident "
+        "memory (MB)."
         + (" E-step oracle: the M-step on the true activity of every neuron of the window, from the truth "
            "(src.em.oracle_fit), the reference of the fits' errors." if any(c["estep"] == "oracle" for c in cells) else ""),
         "", "## Best restart of each grid cell (lowest final loss)", "",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -560,12 +561,13 @@ def test_training_survives_injected_nan_steps(tmp_path, monkeypatch):
 
     # a run killed after its last EM step but before its final save: --resume only finishes it
     path = os.path.join(folder, "summary.json")
-    unfinished = dict(load_json(path), finished=False)
+    unfinished = dict(load_json(path), finished=False, peak_memory_mb=1e7)   # as if an earlier process used 10 TB
     del unfinished["seconds"]
     save_json(path, unfinished)
     again = train_meso.main(["--dataset", DATASET, *TINY, "--max_EMsteps", "2",
                              "--SAVE_DIR", str(tmp_path) + "/", "--resume"])
     assert again.finished and again.final_loss == summary.final_loss
+    assert again.peak_memory_mb == 1e7               # the largest of the run's processes
     assert np.asarray(again.theta_final).tolist() == np.asarray(summary.theta_final).tolist()
     assert len(again.em_steps) == len(summary.em_steps) and load_json(path)["finished"]
 
@@ -665,11 +667,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_completes(tmp_path):
         resumed += 1
         assert run.wait(timeout=300) == 0, run.stderr.read()
         completed += 1
+    largest_child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e3    # kB on Linux
     for i in range(index + 1):
         folder = run_folder(tmp_path, end="0.6", index=i)
         steps, temporaries = check_run_files(folder)
         summary = load_json(os.path.join(folder, "summary.json"))
         assert summary["finished"] and steps and temporaries == [], (i, steps, temporaries)
+        # the run's own peak, measured in the run, is below the largest of this process's children
+        # (TensorFlow alone takes a few hundred MB)
+        assert 100 < summary["peak_memory_mb"] <= largest_child_mb, (summary["peak_memory_mb"], largest_child_mb)
         assert not os.path.exists(os.path.join(folder, LOCK_NAME))
         final = load_arrays(os.path.join(folder, f"E{steps[-1]}_est_param"))
         np.testing.assert_array_equal(final["theta"], summary["theta_final"])
