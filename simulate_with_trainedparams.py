@@ -118,7 +118,7 @@ def plot(path_base, sim, net, title, smooth_ms):
     t = (np.arange(counts.shape[1]) + 0.5) * dt
     fig, axes = plt.subplots(net.M + 1, 1, figsize=(12, 1.9 * (net.M + 1)), sharex=True)
     for a in range(net.M):
-        axes[a].plot(t, smooth(counts[a], smooth_ms * 1e-3, dt), color=f"C{a}", lw=0.8)
+        axes[a].plot(t, smooth(counts[a], smooth_ms * 1e-3, dt, mode="reflect"), color=f"C{a}", lw=0.8)
         axes[a].set_ylabel(f"{names[a]}\nspikes / {dt * 1e3:g} ms")
         right = axes[a].secondary_yaxis("right", functions=(lambda n, a=a: n / (net.N[a] * dt),
                                                              lambda r, a=a: r * net.N[a] * dt))

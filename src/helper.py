@@ -95,6 +95,8 @@ def init_Z(window, smooth_sd):
     return np.clip(mean_spikes[..., window.K:], Z_MIN, Z_MAX)
 
 
-def smooth(x, sd, dt, axis=-1):
-    """Gaussian smoothing with standard deviation sd seconds of a signal sampled every dt seconds."""
-    return gaussian_filter1d(np.asarray(x, float), sd / dt, axis=axis, mode="nearest") if sd > 0 else x
+def smooth(x, sd, dt, axis=-1, mode="nearest"):
+    """Gaussian smoothing with standard deviation sd seconds of a signal sampled every dt seconds. mode:
+    how scipy.ndimage.gaussian_filter1d extends the signal past its ends ("nearest" repeats the last
+    sample; "reflect" mirrors the last few, which keeps the end of a noisy signal unbiased)."""
+    return gaussian_filter1d(np.asarray(x, float), sd / dt, axis=axis, mode=mode) if sd > 0 else x
