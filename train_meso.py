@@ -337,7 +337,7 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         summary = complete_step(summary, step, path("summary.json"), progress)
         save_figure(path("Eloss.png"), plot_losses, summary.e_history, summary.m_points)
 
-    start = time.time()
+    progress.update(started=time.time(), seconds_before=summary.seconds or 0)
     em(model, theta, Z, bounds, opt.max_EMsteps,
        m_options={"maxiter": opt.Mmaxiters, "method": opt.method, "grad": opt.mstep_grad},
        e_options={"lr": opt.E_LR, "maxiters": opt.Emaxiters, "itertol": opt.E_itertol},
@@ -345,7 +345,7 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
        on_phase=lambda what: progress.update(at=what),
        on_m_step=on_m_step, on_e_iteration=on_e_iteration, on_em_step=on_em_step)
 
-    return finish(summary, rec, folder, start, progress, log, opt)
+    return finish(summary, rec, folder, progress, log, opt)
 
 
 def complete_step(summary, step, summary_path, progress):
@@ -357,9 +357,17 @@ def complete_step(summary, step, summary_path, progress):
                               e_history=summary.e_history + [(e, *h) for h in step["E_history"]],
                               m_points=summary.m_points + [m_point], theta_final=step["theta"],
                               final_loss=step["loss"], last_em_step=e)
+    new = with_costs(new, progress)
     new.save(summary_path)
     progress["steps"] = new.em_steps
     return new
+
+
+def with_costs(summary, progress):
+    """The summary with the EM's wall time so far (s; a resumed run adds its own to the time of the
+    complete steps before it) and its peak memory (MB, the largest of the run's processes)."""
+    return dataclasses.replace(summary, seconds=progress["seconds_before"] + time.time() - progress["started"],
+                               peak_memory_mb=max(summary.peak_memory_mb or 0, peak_memory_mb()))
 
 
 def peak_memory_mb():
@@ -369,15 +377,14 @@ def peak_memory_mb():
     return peak / (1e6 if sys.platform == "darwin" else 1e3)          # bytes on macOS, kB on Linux
 
 
-def finish(summary, rec, folder, start, progress, log, opt):
+def finish(summary, rec, folder, progress, log, opt):
     """The final save, and the table of parameters in the log."""
     progress["at"] = "the final save"
     if not summary.em_steps:
         raise UsageError(f"--max_EMsteps {opt.max_EMsteps} leaves no EM step to run in {folder}")
-    summary.finished, summary.seconds = True, (summary.seconds or 0) + time.time() - start
-    summary.peak_memory_mb = max(summary.peak_memory_mb or 0, peak_memory_mb())
+    summary = dataclasses.replace(with_costs(summary, progress), finished=True)
     summary.save(os.path.join(folder, "summary.json"))
-    log.info("done in %.1f s, peak memory %.0f MB; final loss %.6f\n%s", time.time() - start,
+    log.info("done in %.1f s, peak memory %.0f MB; final loss %.6f\n%s", time.time() - progress["started"],
              summary.peak_memory_mb, summary.final_loss, "\n".join(
         f"  {n:7s} true {t:8.4f}  init {i:8.4f}  fit {f:8.4f}  rel.err {(f - t) / t:+.3f}" if rec.has_truth else
         f"  {n:7s} init {i:8.4f}  fit {f:8.4f}  (no ground truth)"
@@ -437,13 +444,13 @@ def train_smc(opt, rec, window, folder, summary, theta, Z_init, resumed, log, pr
                     f"EM step {e} (SMC): posterior mean and 90% band; log p_hat {info['log_p_hat']:.1f}",
                     band=(info["q05"], info["q95"]))
 
-    start = time.time()
+    progress.update(started=time.time(), seconds_before=summary.seconds or 0)
     saem(model, theta, memory, window, bounds, opt.max_EMsteps,
          m_options={"maxiter": opt.Mmaxiters, "method": opt.method, "grad": opt.mstep_grad},
          smc_options=smc_options, seed=opt.train_Noinit, done=summary.em_steps, reference=reference,
          check_stop=check_stop, log=log.info, on_phase=lambda what: progress.update(at=what),
          on_m_step=on_m_step, on_em_step=on_em_step)
-    return finish(summary, rec, folder, start, progress, log, opt)
+    return finish(summary, rec, folder, progress, log, opt)
 
 
 STOP = {"signal": None}   # set by the signal handler of the command line: stop at the next check

@@ -246,9 +246,9 @@ class RunSummary:
     theta_final: list = None      # theta of the last complete EM step (None before the first)
     final_loss: float = None
     last_em_step: int = None
-    seconds: float = None         # training time, written when the run finishes
-    peak_memory_mb: float = None  # the training process's largest resident memory (MB; the largest of
-    #                               a resumed run's processes), written when the run finishes
+    seconds: float = None         # wall time of the EM up to the last complete step (s; a resumed run's
+    #                               processes summed), written with every step
+    peak_memory_mb: float = None  # the largest resident memory of the run's processes (MB), likewise
     format: int = SUMMARY_FORMAT
     path: str = dataclasses.field(default=None, compare=False)   # the file it was read from (not written)
 

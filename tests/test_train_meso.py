@@ -208,6 +208,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     np.testing.assert_allclose(again["theta_final"], whole["theta_final"], rtol=1e-6)
     np.testing.assert_allclose(again["final_loss"], whole["final_loss"], rtol=1e-6)
     assert len(again["em_steps"]) == len(whole["em_steps"])
+    # the run's time counts the killed process's complete steps too: at least what each step measured
+    step_seconds = sum(step["M"]["seconds"] + step["E_seconds"] for step in again["em_steps"])
+    assert again["seconds"] >= step_seconds, (again["seconds"], step_seconds)
 
 
 @pytest.mark.parametrize("dt", [0.002, 0.001])
