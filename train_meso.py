@@ -232,7 +232,8 @@ def main(argv=None):
             log.info(f"start (PID {os.getpid()}): python train_meso.py {shlex.join(argv)}")
             if removed:
                 log.info(f"removed {len(removed)} unfinished temporary files of a killed run: {', '.join(removed)}")
-            progress = {"at": "start-up", "steps": []}          # for the message of an interrupt
+            # where the run is, for the message of an interrupt; from the EM's start also its clock (with_costs)
+            progress = {"at": "start-up", "steps": []}
             try:
                 return train(opt, rec, window, centre, folder, resumed, log, progress)
             except KeyboardInterrupt:
