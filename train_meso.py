@@ -290,9 +290,13 @@ def train(opt, rec, window, centre, folder, resumed, log, progress):
         summary.save(path("summary.json"))        # first, so --resume never reads an older run's
     else:
         summary, last = resumed
-        if summary.finished:
+        if summary.finished and len(summary.em_steps) >= opt.max_EMsteps:
             log.info(f"{folder} has finished already; nothing to resume")
             return summary
+        if summary.finished:                      # a larger --max_EMsteps extends it (unless EM had converged)
+            log.info(f"{folder} finished after {len(summary.em_steps)} EM steps: going on to --max_EMsteps "
+                     f"{opt.max_EMsteps}")
+            summary = dataclasses.replace(summary, finished=False)
         summary.options, summary.versions = asdict(opt), software_versions("tensorflow")
         theta_init = theta = summary.theta_init
         if last is not None:

@@ -575,6 +575,24 @@ def test_training_survives_injected_nan_steps(tmp_path, monkeypatch):
     assert len(again.em_steps) == len(summary.em_steps) and load_json(path)["finished"]
 
 
+def test_a_finished_run_resumes_to_more_em_steps(tmp_path):
+    """--resume with a larger --max_EMsteps continues a finished run, and it ends where a run of that many
+    EM steps at once ends; with the same --max_EMsteps there is nothing to do."""
+    def fit(folder, steps, *more):
+        return train_meso.main(["--dataset", DATASET, *TINY, "--max_EMsteps", str(steps),
+                                "--SAVE_DIR", f"{tmp_path}/{folder}/", *more])
+    whole = fit("whole", 3)
+    assert whole.finished and len(whole.em_steps) == 3          # no early stop: the extension is tested
+    assert len(fit("extended", 2).em_steps) == 2
+    assert len(fit("extended", 2, "--resume").em_steps) == 2
+    extended = fit("extended", 3, "--resume")
+    assert extended.finished and len(extended.em_steps) == 3
+    np.testing.assert_allclose(extended.theta_final, whole.theta_final, rtol=1e-6)
+    assert extended.final_loss == pytest.approx(whole.final_loss, rel=1e-6)
+    assert "finished after 2 EM steps: going on to --max_EMsteps 3" in open(
+        os.path.join(run_folder(tmp_path / "extended", end="0.6"), "train.log")).read()
+
+
 # -------------------------------------------------------------------------- Ctrl-C and SIGKILL
 def start_run(save_dir, index, resume):
     args = [sys.executable, os.path.join(ROOT, "train_meso.py"), "--dataset", DATASET, *TINY,
