@@ -76,10 +76,12 @@ def _segment(params, state, y, I_ext, xi, u_resample, u_ancestor, reference, n_b
     params: q, g (the scheme's), amem, rp, ft, e_syn, N (M, 1), W (M, M), eps, n_ref, threshold
     (resample when ESS < threshold * P). state: V, S, Q, Z_past (B*P, M, K), Isyn (B*P, M), V_obs, obs_age
     (B*P, M, Nobs), log_W (B, P) float64, first. Per bin (leading axis n): y (n, B, M, Nobs) and I_ext
-    (n, B, M), shared by a batch's particles (repeated P times up front, they took 3.2 GB with 30 observed
-    neurons per population), xi (n, B, P, M), u_resample (n, B, P), u_ancestor (n, B), reference
-    (n, B, M) (used if conditional); dt, transition and conditional are Python values. Returns the new state and, per bin, Z (n, B, P, M), ancestors (n, B, P), the log
-    increments, ESS and resampling flags (n, B) and the weighted mean of Z(t-1) (n, B, M).
+    (n, B, M), shared by a batch's particles and repeated for them one bin at a time (repeated P times
+    up front, they took 3.2 GB with 30 observed neurons per population), xi (n, B, P, M), u_resample
+    (n, B, P), u_ancestor (n, B), reference (n, B, M) (used if conditional); dt, transition and
+    conditional are Python values. Returns the new state and, per bin, Z (n, B, P, M), ancestors
+    (n, B, P), the log increments, ESS and resampling flags (n, B) and the weighted mean of Z(t-1)
+    (n, B, M).
     """
     q, g, amem, rp, ft, e_syn, N, W, eps, n_ref, threshold = params
     V, S, Q, Z_past, Isyn, V_obs, obs_age, log_W, first = state
@@ -90,10 +92,6 @@ def _segment(params, state, y, I_ext, xi, u_resample, u_ancestor, reference, n_b
     zero = tf.zeros((), dtype)
     f64 = lambda x: tf.cast(x, tf.float64)  # noqa: E731
 
-    def per_particle(x):
-        """(B, ...) -> (B*P, ...), each batch's row repeated for its P particles."""
-        return tf.reshape(tf.broadcast_to(x[:, None], [B, P] + x.shape[1:]), [B * P] + x.shape[1:])
-
     def shift_in(x, value):
         return tf.concat([tf.fill(tf.concat([tf.shape(x)[:-1], [1]], 0), tf.constant(value, dtype)), x[..., :-1]], -1)
 
@@ -101,7 +99,7 @@ def _segment(params, state, y, I_ext, xi, u_resample, u_ancestor, reference, n_b
         Z_out, anc_out, inc_out, ess_out, res_out, mean_out = outputs
         # 3.1-3.6: drive and cohorts
         Isyn = tf.where(first, Isyn, e_syn[:, 0] * Isyn + (1 - e_syn[:, 0]) * Z_past[..., 0] / dt)
-        h = tf.einsum("rm,ma->ra", Isyn, W) + eps * per_particle(I_ext[t])       # (B*P, M)
+        h = tf.einsum("rm,ma->ra", Isyn, W) + eps * tf.repeat(I_ext[t], P, axis=0)  # (B*P, M)
         drive = g * (amem * rp + h[..., None])
         V = tf.where(refractory, zero, q * V + drive)
         _, P_fire = _escape(V, ft, refractory, dt)
@@ -116,7 +114,7 @@ def _segment(params, state, y, I_ext, xi, u_resample, u_ancestor, reference, n_b
         V_obs = tf.where(refr_obs, zero, q * V_obs + drive)
         lam_obs, _ = _escape(V_obs, ft, refr_obs, dt)
         logP_obs = _log_fire_probability(V_obs, ft, refr_obs, dt)
-        y_t = per_particle(y[t])
+        y_t = tf.repeat(y[t], P, axis=0)                                         # (B*P, M, Nobs)
         log_w = tf.reshape(tf.reduce_sum(f64(tf.where(y_t > 0, logP_obs, -lam_obs * dt)), (1, 2)), (B, P))
         log_joint = log_W + log_w
         increment = tf.reduce_logsumexp(log_joint, -1) - tf.reduce_logsumexp(log_W, -1)

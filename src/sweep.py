@@ -607,7 +607,8 @@ def fit_rows(folder, truths=None):
                    "end_timepoint": o["end_timepoint"], "Nsampled": o["Nsampled"], "train_Noinit": s.seed,
                    "scheme": s.scheme, "estep": s.estep, "finished": bool(s.finished),
                    "em_steps": len(s.em_steps), "final_loss": s.final_loss, "seconds": s.seconds,
-                   "peak_memory_mb": s.peak_memory_mb, **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
+                   "peak_memory_mb": s.peak_memory_mb,
+                   **parameter_columns(s, truth), **latent_match(cell, name, s, truth)}
             rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], r["Nsampled"], r["scheme"], r["estep"], r["end_timepoint"], r["train_Noinit"]))
     return rows, theta_names
