@@ -6,17 +6,20 @@
 #   bash 3pop_neuLVM.sh -j 1            # one at a time
 #   bash 3pop_neuLVM.sh -- --resume     # options after -- go to every train_meso.py run
 #   bash 3pop_neuLVM.sh -- --estep map --train_folderbase map   # the paper's MAP E-step, beside them
+#   bash 3pop_neuLVM.sh --progress      # from another terminal: the EM step each run has reached
 set -u
 cd "$(dirname "$0")"
 jobs=$(nproc 2>/dev/null || echo 1)
 runs="0 1 2 3 4"
+progress=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -j) jobs="$2"; shift 2 ;;
     -j*) jobs="${1#-j}"; shift ;;
     --runs) runs="$2"; shift 2 ;;
+    --progress) progress=1; shift ;;
     --) shift; break ;;
-    *) echo "3pop_neuLVM.sh: unknown option $1 (use -j N, --runs \"0 1 2\", -- train_meso options)" >&2; exit 2 ;;
+    *) echo "3pop_neuLVM.sh: unknown option $1 (use -j N, --runs \"0 1 2\", --progress, -- train_meso options)" >&2; exit 2 ;;
   esac
 done
 case "$jobs" in ''|*[!0-9]*|0) echo "3pop_neuLVM.sh: -j must be a whole number >= 1, got '$jobs'" >&2; exit 2 ;; esac
@@ -39,12 +42,14 @@ every=30
 status_line() {
   local line="" i text
   for i in "${names[@]}"; do
-    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|E-step at theta_init|done in|resuming)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
+    if [ ! -e "$folder/${base}${i}.out" ]; then line="$line${line:+, }run $i: not started"; continue; fi
+    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|E-step at theta_init|done in|resuming|interrupted during)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
     case "$text" in
       *" done in "*) text="done" ;;
+      *" interrupted during "*) text="interrupted" ;;
+      *" E-step at theta_init"*) text="EM step 0 (start)" ;;   # before " E-step ", which it matches too
       *" M-step "*) text="EM step $(echo "$text" | sed -E 's/.* M-step ([0-9]+):.*/\1/') (E-step)" ;;
       *" E-step "*) text="EM step $(( $(echo "$text" | sed -E 's/.* E-step ([0-9]+):.*/\1/') + 1 )) (M-step)" ;;
-      *" E-step at theta_init"*) text="EM step 0 (start)" ;;
       *" resuming "*) text="EM step $(echo "$text" | sed -E 's/.* at EM step ([0-9]+).*/\1/') (resumed)" ;;
       *) text="starting" ;;
     esac
@@ -64,6 +69,12 @@ show_status() {   # show_status [final]
     echo "$(date +%H:%M:%S) $line"; shown="$line"; shown_at=$now
   fi
 }
+
+if [ $progress = 1 ]; then
+  names=($runs)
+  status_line
+  exit 0
+fi
 
 failed=0
 pids=()

@@ -731,17 +731,36 @@ def test_smc_fit_files_and_resume_to_the_same_result(tmp_path):
 
 
 def test_the_five_run_script_writes_its_logs_where_the_runs_go(tmp_path):
-    """3pop_neuLVM.sh with --SAVE_DIR, --end_timepoint and --train_folderbase passed through: the run's
-    log lies beside its folder under the run's own name (not train{i}.out of data11), the summary names it."""
-    out = subprocess.run(["bash", os.path.join(ROOT, "3pop_neuLVM.sh"), "-j", "1", "--runs", "0", "--", "--dataset",
-                          DATASET, *TINY, "--max_EMsteps", "1", "--SAVE_DIR", str(tmp_path) + "/",
-                          "--train_folderbase", "alt"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """3pop_neuLVM.sh with --SAVE_DIR, --end_timepoint and --train_folderbase passed through (an SMC run, the
+    default E-step): the run's log lies beside its folder under the run's own name (not train{i}.out of
+    data11), the summary names it. --progress reads the EM step from every stage of that real log."""
+    script = ["bash", os.path.join(ROOT, "3pop_neuLVM.sh")]
+    options = ["--dataset", DATASET, *TINY, "--max_EMsteps", "1", "--estep", "smc", "--particles", "20",
+               "--draws", "1", "--SAVE_DIR", str(tmp_path) + "/", "--train_folderbase", "alt"]
+    out = subprocess.run(script + ["-j", "1", "--runs", "0", "--", *options], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "3pop_neuLVM.sh" not in out.stderr, out.stderr[-2000:]     # the script's own errors, if any
     folder = os.path.join(str(tmp_path), "data0.6")
     assert sorted(os.listdir(folder)) == ["alt0", "alt0.out"]
-    assert "done in" in open(os.path.join(folder, "alt0.out")).read()
-    assert f"best run: {os.path.join(folder, 'alt0')}" in out.stdout
+    lines = open(os.path.join(folder, "alt0.out")).read().splitlines(keepends=True)
+    assert "done in" in "".join(lines)
+    assert f"best run (--estep smc): {os.path.join(folder, 'alt0')}" in out.stdout
     assert re.search(r"^\d\d:\d\d:\d\d run 0: done$", out.stdout, re.M), out.stdout     # the last status line
+
+    # the log as it stood after each of its lines: run k's log is the first k lines of the real one
+    for k in range(1, len(lines) + 1):
+        with open(os.path.join(folder, f"alt{k}.out"), "w") as f:
+            f.writelines(lines[:k])
+    runs = " ".join(str(k) for k in range(len(lines) + 2))
+    out = subprocess.run(script + ["--progress", "--runs", runs, "--", *options], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    states = re.findall(r"run \d+: ([^,\n]+)", out.stdout)
+    assert len(states) == len(lines) + 2, out.stdout
+    assert states[0] == "done" and states[-1] == "not started", out.stdout      # alt0.out is the whole log
+    seen = [s for k, s in enumerate(states[1:-1]) if k == 0 or s != states[k]]  # the changes, in order
+    assert seen == ["starting", "EM step 0 (start)", "EM step 0 (E-step)", "EM step 1 (M-step)", "done"], seen
 
 
 @pytest.mark.parametrize("init", ["prior", "centre"])
