@@ -8,6 +8,10 @@
 #   bash 3pop_neuLVM.sh -- --estep map --train_folderbase map   # the paper's MAP E-step, beside them
 #   bash 3pop_neuLVM.sh --progress      # from another terminal: the EM step each run has reached
 set -u
+# The whole script is one group, which bash reads to the end before it runs any of it: bash otherwise
+# reads a script as it goes, and this file rewritten in place during the runs (an editor saving over it)
+# would change what the run does next.
+{
 cd "$(dirname "$0")"
 jobs=$(nproc 2>/dev/null || echo 1)
 runs="0 1 2 3 4"
@@ -97,3 +101,4 @@ for k in "${!pids[@]}"; do
 done
 python -m src.runs "$folder" || failed=1
 exit $failed
+}

@@ -763,6 +763,27 @@ def test_the_five_run_script_writes_its_logs_where_the_runs_go(tmp_path):
     assert seen == ["starting", "EM step 0 (start)", "EM step 0 (E-step)", "EM step 1 (M-step)", "done"], seen
 
 
+def test_the_five_run_script_is_not_changed_by_an_edit_of_its_file_while_it_runs(tmp_path):
+    """bash reads a script as it runs it, unless it is one group: a copy of 3pop_neuLVM.sh overwritten while
+    its run works must still end as the original does (the summary, exit status 0)."""
+    for name in ("train_meso.py", "src", "dataset"):
+        os.symlink(os.path.join(ROOT, name), tmp_path / name)
+    script = tmp_path / "3pop_neuLVM.sh"
+    script.write_text(open(os.path.join(ROOT, "3pop_neuLVM.sh")).read())
+    run = subprocess.Popen(["bash", str(script), "-j", "1", "--runs", "0", "--", *TINY, "--max_EMsteps", "1",
+                            "--SAVE_DIR", str(tmp_path / "out") + "/"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "out" / "data0.6" / "train0.out"
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.exists() and run.poll() is None, "the run did not start"
+    script.write_text("echo edited; exit 7\n")
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0 and "edited" not in stdout, stdout[-2000:] + stderr[-2000:]
+    assert f"best run: {tmp_path / 'out' / 'data0.6' / 'train0'}" in stdout, stdout[-2000:]
+
+
 @pytest.mark.parametrize("init", ["prior", "centre"])
 def test_smc_first_em_step_keeps_the_start_the_spikes_prefer(tmp_path, init):
     """--estep smc: EM step 0 is done from both candidate latents (the smoothed spikes, and draws from the
