@@ -234,15 +234,12 @@ def make_fits(opt, fit_argv):
     from src.dataset import load_recording
     from src.runs import resume_state
 
-    has_estep = "estep" in {f.name for f in dataclasses.fields(train_meso.Options)}
     recordings, windows, fits = {}, {}, []
     for dataset, end, n, i, scheme, estep in itertools.product(*(getattr(opt, a) for a in AXES)):
         stem = os.path.splitext(os.path.basename(dataset))[0]
         save_dir = os.path.join(opt.out, stem, f"N{n}_{scheme}_{estep}") + os.sep
-        cell = ["--dataset", dataset, "--end_timepoint", repr(float(end)), "--Nsampled", str(n), "--scheme", scheme]
-        if has_estep or estep != "map":           # train_meso.py without --estep fits with the MAP E-step
-            cell += ["--estep", estep]
-        cell += ["--SAVE_DIR", save_dir, *fit_argv, "--resume"]
+        cell = ["--dataset", dataset, "--end_timepoint", repr(float(end)), "--Nsampled", str(n),
+                "--scheme", scheme, "--estep", estep, "--SAVE_DIR", save_dir, *fit_argv, "--resume"]
         argv = ["--train_Noinit", str(i), *cell]
         fit = Fit(dataset, float(end), n, i, scheme, estep, "", tuple(argv))
         try:
