@@ -44,10 +44,10 @@ threads=1   # one intra-op thread per run is fastest here (src/LIFmesoCell.py)
 # on one updating line in a terminal, otherwise as a line whenever it changes (at most every $every s).
 every=30
 status_line() {
-  local line="" i text
+  local line="" i text log
   for i in "${names[@]}"; do
-    if [ ! -e "$folder/${base}${i}.out" ]; then line="$line${line:+, }run $i: not started"; continue; fi
-    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|E-step at theta_init|done in|resuming|interrupted during)' "$folder/${base}${i}.out" 2>/dev/null | tail -n 1)
+    log="$folder/${base}${i}.out"
+    text=$(grep -E '^[0-9:]+ (M-step [0-9]+:|E-step [0-9]+:|E-step at theta_init|done in|resuming|interrupted during)' "$log" 2>/dev/null | tail -n 1)
     case "$text" in
       *" done in "*) text="done" ;;
       *" interrupted during "*) text="interrupted" ;;
@@ -55,7 +55,7 @@ status_line() {
       *" M-step "*) text="EM step $(echo "$text" | sed -E 's/.* M-step ([0-9]+):.*/\1/') (E-step)" ;;
       *" E-step "*) text="EM step $(( $(echo "$text" | sed -E 's/.* E-step ([0-9]+):.*/\1/') + 1 )) (M-step)" ;;
       *" resuming "*) text="EM step $(echo "$text" | sed -E 's/.* at EM step ([0-9]+).*/\1/') (resumed)" ;;
-      *) text="starting" ;;
+      *) if [ -e "$log" ]; then text="starting"; else text="not started"; fi ;;
     esac
     line="$line${line:+, }run $i: $text"
   done
